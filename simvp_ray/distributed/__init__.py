@@ -1,0 +1,1 @@
+"""The Ray edge: Ray Train worker adapter, TorchTrainer launch and Tune experiments."""

@@ -1,0 +1,1 @@
+"""The training loop, optimiser / scheduler, metrics and checkpoint files: torch only, no Ray."""

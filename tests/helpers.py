@@ -1,0 +1,19 @@
+"""Plain helpers for tests (importable as `helpers`: pytest's pythonpath includes tests/)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("SIMVP_SHARED_DIR", REPO_ROOT.parent / "shared"))
+
+
+def shared_file(relative: str) -> Path:
+    """A file from ../shared, or skip the test with the reason when it is absent."""
+    path = SHARED_DIR / relative
+    if not path.exists():
+        pytest.skip(f"reference file {path} not present (CI has ../shared; set SIMVP_SHARED_DIR)")
+    return path
