@@ -201,29 +201,27 @@ def override(config: Any, changes: Mapping[str, Any] | Iterable[str]) -> Any:
     if not isinstance(changes, Mapping):
         changes = dict(_split_assignment(item) for item in changes)
     for key, value in changes.items():
-        config = _override_one(config, key, value, key)
+        config = _override_one(config, key.split("."), value, prefix="")
     return config
 
 
-def _override_one(config: Any, key: str, value: Any, full_key: str) -> Any:
-    head, _, rest = key.partition(".")
+def _override_one(config: Any, parts: list[str], value: Any, prefix: str) -> Any:
+    head, rest = parts[0], parts[1:]
+    full_key = prefix + ".".join(parts)
     names = {f.name for f in dataclasses.fields(config)}
-    if head not in names:
+    current = getattr(config, head) if head in names else None
+    if head not in names or (rest and not _is_config(current)):
         raise ValueError(
-            f"unknown config key {full_key!r}; valid keys: {', '.join(valid_keys(config))}"
+            f"unknown config key {full_key!r}; valid keys: {', '.join(valid_keys(config, prefix))}"
         )
-    current = getattr(config, head)
     if _is_config(current):
         if not rest:
             raise ValueError(
                 f"{full_key!r} is a section, not a value; set one of its keys: "
                 f"{', '.join(valid_keys(current, full_key + '.'))}"
             )
-        return dataclasses.replace(config, **{head: _override_one(current, rest, value, full_key)})
-    if rest:
-        raise ValueError(
-            f"unknown config key {full_key!r}; valid keys: {', '.join(valid_keys(config))}"
-        )
+        replaced = _override_one(current, rest, value, f"{prefix}{head}.")
+        return dataclasses.replace(config, **{head: replaced})
     coerced = _coerce(full_key, value, _field_types(type(config))[head])
     return dataclasses.replace(config, **{head: coerced})
 

@@ -17,3 +17,14 @@ def shared_file(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"reference file {path} not present (CI has ../shared; set SIMVP_SHARED_DIR)")
     return path
+
+
+def load_job(name: str):
+    """Import jobs/<name>.py as a module (jobs are scripts, not a package) to call its main."""
+    import importlib.util
+
+    path = REPO_ROOT / "jobs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"jobs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,16 @@
+"""SimVP / SimVPv2 models in plain PyTorch, with OpenSTL's module names and every translator."""
+
+from simvp_ray.models.openstl import from_openstl, to_openstl_state_dict
+from simvp_ray.models.profile import profile
+from simvp_ray.models.simvp import SimVP, build_model
+from simvp_ray.models.translators import TRANSLATORS, canonical_name
+
+__all__ = [
+    "TRANSLATORS",
+    "SimVP",
+    "build_model",
+    "canonical_name",
+    "from_openstl",
+    "profile",
+    "to_openstl_state_dict",
+]
