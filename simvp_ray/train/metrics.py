@@ -1,0 +1,505 @@
+"""Forecast metrics kept as exact sums and counts, per lead time and overall, so that workers can
+all-reduce their state and divide once (never an average of averages). Torch only; runs on GPU.
+
+Notation: pred, target are (B, T, C, H, W) in normalised units; e = pred - target; a "frame" is
+one (b, t) pair, a "sample" one (b, t, c) map; std_c, mean_c the per-channel normalisation
+(physical x = x_norm * std_c + mean_c; 1 and 0 when none is given); N the number of sequences
+accumulated. Every mean below runs over all N sequences of all batches.
+
+Overall keys (each also per lead time as `<key>/t1` ... `<key>/tT`, a mean over that lead only):
+  mse, mae          mean over (b, t, c, h, w) of e^2, |e|                       (per-pixel means)
+  rmse              sqrt(mse)  (pooled: the root of the mean, not a mean of roots)
+  mse_phys, mae_phys, rmse_phys   the same on physical values: e_c * std_c
+  ssim              mean over samples of the mean SSIM map (Wang et al. 2004): Gaussian window
+                    11x11, sigma 1.5, "valid" filtering (no padding), population (co)variances,
+                    applied as banded matrix products (same sums as conv2d, faster on CPU),
+                    C1 = (0.01 R_c)^2, C2 = (0.03 R_c)^2 with R_c = data_range (normalised units);
+                    the window shrinks to the largest odd size <= min(H, W) on smaller grids
+  ssim_phys         the same on physical values with R_c = data_range_phys[c]
+                    (default data_range * std_c; SSIM is not shift-invariant, so it differs)
+  psnr, psnr_phys   mean over frames of -10 log10(mean over (c, h, w) of (e_c / R_c)^2), each
+                    frame's MSE floored at 1e-10, so a perfect frame scores 100 dB, not inf
+  ssim_openstl, psnr_openstl   OpenSTL's published-table convention (openstl/core/metrics.py with
+                    scikit-image <= 0.19, which it pins): on physical values with the prediction
+                    (only) clipped to [0, 1]; SSIM is skimage's structural_similarity defaults per
+                    channel: 7x7 uniform window, sample covariance (x 49/48), data range 2 (the
+                    float dtype range [-1, 1]), valid region only; PSNR per frame with range 1.
+                    Meaningful where physical data lie in [0, 1] (Moving MNIST, TaxiBJ)
+Overall only:
+  mse_frame_sum, mae_frame_sum (and *_phys)   OpenSTL's MSE/MAE for Moving MNIST and TaxiBJ
+                    (`spatial_norm=False`): the sum over (c, h, w) of e^2 or |e| per frame, averaged
+                    over frames, i.e. mse * C * H * W. Its weather numbers (`spatial_norm=True`)
+                    are per-pixel means of denormalised values: our mse_phys / mae_phys / rmse_phys
+                    (its RMSE is the root of the pooled MSE too).
+Per channel `<ch>` (only when channel_names are given): every key above but psnr* and *frame_sum.
+With latitude weights w (H,) or (H, W), normalised here to mean 1 over the grid (WeatherBench:
+w = cos(lat) / mean(cos(lat)), see `latitude_weights`), per channel and per lead `.../t<k>`:
+  wmse/<ch>         mean over samples of mean_hw(w e^2)  (sqrt of it is WeatherBench 1's RMSE)
+  wrmse/<ch>        mean over samples of sqrt(mean_hw(w e^2))  (WeatherBench 2: RMSE per forecast,
+                    then averaged over forecasts); wrmse_phys/<ch> = wrmse/<ch> * std_c
+With a climatology K ((C, H, W), (T, C, H, W), or per batch (B, T, C, H, W); normalised units), per
+channel and lead: acc/<ch> = mean over samples of sum_hw(w f a) / sqrt(sum_hw(w f^2) sum_hw(w a^2)),
+f = pred - K, a = target - K (WeatherBench 2's uncentred ACC; w = 1 without latitude weights; 0
+where an anomaly is identically zero).
+
+Distributed use: `flat = acc.state(); torch.distributed.all_reduce(flat); acc.load_state(flat)`
+(or `acc.all_reduce()`), then `acc.compute()` on any rank gives the global metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+PSNR_MSE_FLOOR = 1e-10  # caps PSNR at 100 dB so one perfect frame does not make the mean inf
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Wang et al. 2004
+OPENSTL_SSIM_WINDOW, OPENSTL_SSIM_DATA_RANGE = 7, 2.0  # skimage <= 0.19 defaults for floats
+_LEAD_KEY = re.compile(r"t\d+")
+# the order of the keys in compute()'s dict: the headline metrics first
+_KEY_ORDER = [
+    "mse", "mae", "rmse", "ssim", "psnr",
+    "mse_phys", "mae_phys", "rmse_phys", "ssim_phys", "psnr_phys",
+    "ssim_openstl", "psnr_openstl",
+]  # fmt: skip
+
+# name -> shape kind of each sum in the state; the order fixes the flat layout
+_STATE_LAYOUT = {
+    "sequences": "one",  # N: sequences seen (each contributes one sample per (t, c))
+    "pixels": "one",  # N * H * W: pixels per (t, c)
+    "se": "tc",  # sum of e^2 (normalised units)
+    "ae": "tc",  # sum of |e|
+    "ssim": "tc",  # sum over samples of the mean SSIM map
+    "ssim_phys": "tc",
+    "ssim_openstl": "tc",
+    "psnr": "t",  # sum over frames of the per-frame PSNR
+    "psnr_phys": "t",
+    "psnr_openstl": "t",
+    "wmse": "tc",  # sum over samples of mean_hw(w e^2)
+    "wrmse": "tc",  # sum over samples of sqrt(mean_hw(w e^2))
+    "acc": "tc",  # sum over samples of the per-sample ACC
+    "acc_sequences": "one",  # sequences that had a climatology
+}
+
+
+def latitude_weights(lat_deg: Tensor | Sequence[float]) -> Tensor:
+    """WeatherBench's area weights: cos(lat) / mean(cos(lat)) over the grid's latitudes, (H,)."""
+    lat = torch.as_tensor(lat_deg, dtype=torch.float64)
+    if lat.ndim != 1 or lat.numel() == 0:
+        raise ValueError(
+            f"expected a 1-D sequence of latitudes in degrees, got shape {tuple(lat.shape)}"
+        )
+    if bool((lat.abs() > 90).any()):
+        raise ValueError(
+            f"latitudes must lie in [-90, 90] degrees, got min {lat.min()}, max {lat.max()}"
+        )
+    weights = torch.cos(torch.deg2rad(lat))
+    return weights / weights.mean()
+
+
+def persistence_forecast(x: Tensor, out_frames: int) -> Tensor:
+    """The last input frame repeated, (B, T_in, ...) -> (B, out_frames, ...)."""
+    _check_rank(x, "x")
+    if out_frames < 1:
+        raise ValueError(f"out_frames must be >= 1, got {out_frames}")
+    return x[:, -1:].expand(-1, out_frames, -1, -1, -1).clone()
+
+
+def climatology_forecast(climatology: Tensor, batch_size: int, out_frames: int) -> Tensor:
+    """The climatology baseline: (C, H, W) or (T, C, H, W) -> (batch_size, out_frames, C, H, W)."""
+    if climatology.ndim == 3:
+        climatology = climatology.unsqueeze(0).expand(out_frames, -1, -1, -1)
+    elif climatology.ndim != 4 or climatology.shape[0] != out_frames:
+        raise ValueError(
+            f"expected climatology of shape (C, H, W) or ({out_frames}, C, H, W), "
+            f"got {tuple(climatology.shape)}"
+        )
+    return climatology.unsqueeze(0).expand(batch_size, -1, -1, -1, -1).clone()
+
+
+def ssim_per_sample(
+    pred: Tensor, target: Tensor, data_range: Tensor, window: Tensor, cov_norm: float = 1.0
+) -> Tensor:
+    """Mean SSIM map of each (b, t, c) sample: (B, T, C, H, W) x 2 -> (B, T, C).
+
+    `data_range` is (C,); `window` the 1-D separable window (odd length k, sums to 1) on the
+    data's device; filtering is "valid", so the map is (H - k + 1, W - k + 1). `cov_norm`
+    k^2 / (k^2 - 1) gives skimage's sample covariance, 1.0 the population one of Wang et al.
+    """
+    b, t, c, h, w = pred.shape
+    x = pred.reshape(b * t * c, h, w)
+    y = target.reshape(b * t * c, h, w)
+    # the separable window as two banded matrices: filtered = M_h^T @ map @ M_w, the same sums
+    # as a valid conv2d but 4-7x faster for one-channel maps on CPU (BLAS), and fine on GPU
+    rows, cols = _band(h, window), _band(w, window)  # (H, H'), (W, W')
+    stats = torch.cat([x, y, x * x, y * y, x * y])  # the five maps: (5 * B*T*C, H, W)
+    stats = rows.T @ stats @ cols  # (5 * B*T*C, H', W')
+    mu_x, mu_y, xx, yy, xy = stats.chunk(5)
+    var_x = cov_norm * (xx - mu_x * mu_x)
+    var_y = cov_norm * (yy - mu_y * mu_y)
+    cov = cov_norm * (xy - mu_x * mu_y)
+    r = data_range.to(pred).repeat(b * t).view(-1, 1, 1)  # channel fastest, as in reshape
+    c1, c2 = (0.01 * r) ** 2, (0.03 * r) ** 2
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+        (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
+    )
+    return ssim_map.mean(dim=(1, 2)).view(b, t, c)
+
+
+def _band(n: int, window: Tensor) -> Tensor:
+    """(n, n - k + 1) matrix whose column j holds the window at rows j .. j + k - 1."""
+    k = window.numel()
+    index = torch.arange(n, device=window.device)
+    offset = index[:, None] - index[None, : n - k + 1]  # row i, column j -> tap i - j
+    inside = (offset >= 0) & (offset < k)
+    return torch.where(inside, window[offset.clamp(0, k - 1)], window.new_zeros(()))
+
+
+def gaussian_window(size: int, sigma: float, dtype: torch.dtype = torch.float64) -> Tensor:
+    """A 1-D Gaussian window of odd `size` summing to 1 (its outer product is the 2-D window)."""
+    offsets = torch.arange(size, dtype=dtype) - (size - 1) / 2
+    window = torch.exp(-(offsets**2) / (2 * sigma**2))
+    return window / window.sum()
+
+
+def _window_size(preferred: int, height: int, width: int) -> int:
+    size = min(preferred, height, width)
+    return size if size % 2 == 1 else size - 1
+
+
+def _psnr(sq_err: Tensor) -> Tensor:
+    # sq_err (B, T, C, H, W), already divided by the data range^2 -> per-frame PSNR (B, T)
+    return -10 * torch.log10(sq_err.mean(dim=(2, 3, 4)).clamp_min(PSNR_MSE_FLOOR))
+
+
+def _check_rank(x: Tensor, name: str) -> None:
+    if x.ndim != 5:
+        raise ValueError(f"expected {name} of shape (B, T, C, H, W), got {tuple(x.shape)}")
+
+
+def _per_channel(values, num_channels: int, name: str) -> Tensor:
+    out = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if out.numel() != num_channels:
+        raise ValueError(
+            f"expected {name} of length {num_channels} (one per channel), got {out.numel()}"
+        )
+    return out
+
+
+class MetricAccumulator:
+    """Accumulates metric sums over batches; see the module docstring for every key's definition.
+
+    mean, std: per-channel normalisation (length C) or None (physical = normalised).
+    data_range: R for SSIM/PSNR in normalised units; data_range_phys: per-channel R in physical
+    units (default data_range * std). lat_weights: (H,) or (H, W), renormalised to mean 1.
+    climatology: (C, H, W) or (T, C, H, W) in normalised units, for ACC.
+    """
+
+    def __init__(
+        self,
+        num_frames: int,
+        num_channels: int,
+        *,
+        mean: Sequence[float] | Tensor | None = None,
+        std: Sequence[float] | Tensor | None = None,
+        channel_names: Sequence[str] | None = None,
+        data_range: float = 1.0,
+        data_range_phys: Sequence[float] | Tensor | None = None,
+        lat_weights: Tensor | None = None,
+        climatology: Tensor | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if num_frames < 1 or num_channels < 1:
+            raise ValueError(
+                f"num_frames and num_channels must be >= 1, got {num_frames}, {num_channels}"
+            )
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std for denormalisation, or neither")
+        if data_range <= 0:
+            raise ValueError(f"data_range must be > 0, got {data_range}")
+        self.num_frames, self.num_channels = num_frames, num_channels
+        self.mean = (
+            torch.zeros(num_channels, dtype=torch.float64)
+            if mean is None
+            else _per_channel(mean, num_channels, "mean")
+        )
+        self.std = (
+            torch.ones(num_channels, dtype=torch.float64)
+            if std is None
+            else _per_channel(std, num_channels, "std")
+        )
+        if bool((self.std <= 0).any()):
+            raise ValueError(f"std must be > 0 for every channel, got {self.std.tolist()}")
+        self.data_range = torch.full((num_channels,), float(data_range), dtype=torch.float64)
+        self.data_range_phys = (
+            self.data_range * self.std
+            if data_range_phys is None
+            else _per_channel(data_range_phys, num_channels, "data_range_phys")
+        )
+        if bool((self.data_range_phys <= 0).any()):
+            raise ValueError(f"data_range_phys must be > 0, got {self.data_range_phys.tolist()}")
+
+        self.named_channels = channel_names is not None
+        names = (
+            [f"c{i}" for i in range(num_channels)] if channel_names is None else list(channel_names)
+        )
+        if len(names) != num_channels:
+            raise ValueError(f"expected {num_channels} channel names, got {len(names)}: {names}")
+        for name in names:
+            # "mse/t2" must stay unambiguous: a lead time, never a channel
+            if not name or "/" in name or _LEAD_KEY.fullmatch(name):
+                raise ValueError(f"channel name {name!r} is empty, has a '/' or looks like t<k>")
+        if len(set(names)) != len(names):
+            raise ValueError(f"channel names must be unique, got {names}")
+        self.channel_names = names
+
+        self.lat_weights = None
+        if lat_weights is not None:
+            weights = torch.as_tensor(lat_weights, dtype=torch.float64)
+            if weights.ndim == 1:
+                weights = weights[:, None]  # (H, 1): constant along longitude
+            if weights.ndim != 2 or bool((weights < 0).any()) or float(weights.sum()) <= 0:
+                raise ValueError(
+                    f"expected non-negative lat_weights of shape (H,) or (H, W), "
+                    f"got shape {tuple(weights.shape)}"
+                )
+            self.lat_weights = weights
+        self.climatology = None
+        if climatology is not None:
+            clim = torch.as_tensor(climatology, dtype=torch.float64)
+            if clim.ndim == 3:
+                clim = clim.unsqueeze(0)
+            if (
+                clim.ndim != 4
+                or clim.shape[0] not in (1, num_frames)
+                or clim.shape[1] != num_channels
+            ):
+                raise ValueError(
+                    f"expected climatology of shape ({num_channels}, H, W) or "
+                    f"({num_frames}, {num_channels}, H, W), got {tuple(climatology.shape)}"
+                )
+            self.climatology = clim  # (1 or T, C, H, W)
+        self.device = torch.device(device)
+        self.reset()
+
+    # ---- state -------------------------------------------------------------------------------
+
+    def _shape(self, kind: str) -> tuple[int, ...]:
+        return {"one": (1,), "t": (self.num_frames,), "tc": (self.num_frames, self.num_channels)}[
+            kind
+        ]
+
+    def reset(self) -> None:
+        """Forget every batch seen so far."""
+        self.sums = {
+            name: torch.zeros(self._shape(kind), dtype=torch.float64, device=self.device)
+            for name, kind in _STATE_LAYOUT.items()
+        }
+
+    def state(self) -> Tensor:
+        """All sums as one flat float64 tensor on the accumulator's device, ready to all-reduce."""
+        return torch.cat([self.sums[name].flatten() for name in _STATE_LAYOUT])
+
+    def load_state(self, flat: Tensor) -> None:
+        """Replace the sums with a (reduced) flat state from `state()` of like accumulators."""
+        sizes = [math.prod(self._shape(kind)) for kind in _STATE_LAYOUT.values()]
+        if flat.ndim != 1 or flat.numel() != sum(sizes):
+            raise ValueError(
+                f"expected a flat state of {sum(sizes)} values, got shape {tuple(flat.shape)}"
+            )
+        parts = flat.to(device=self.device, dtype=torch.float64).split(sizes)
+        self.sums = {
+            name: part.reshape(self._shape(kind)).clone()
+            for (name, kind), part in zip(_STATE_LAYOUT.items(), parts)
+        }
+
+    def all_reduce(self, group=None) -> None:
+        """Sum the state over the torch.distributed group in place (no-op when not initialised)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            flat = self.state()
+            if dist.get_backend(group) == "nccl" and flat.device.type != "cuda":
+                # a worker that saw no batch still holds its state on the CPU
+                flat = flat.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+            self.load_state(flat)
+
+    def _to(self, device: torch.device) -> None:
+        # the accumulator follows the data, so the state is on the GPU when NCCL reduces it
+        self.device = device
+        self.sums = {name: value.to(device) for name, value in self.sums.items()}
+
+    # ---- accumulation ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def update(self, pred: Tensor, target: Tensor, climatology: Tensor | None = None) -> None:
+        """Add one batch: pred, target (B, T, C, H, W) in normalised units.
+
+        climatology: optional per-batch (B, T, C, H, W) climatology (normalised) overriding the
+        one given at construction, e.g. the day-of-year climatology of each forecast's valid time.
+        """
+        _check_rank(pred, "pred")
+        if pred.shape != target.shape:
+            raise ValueError(
+                f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}"
+            )
+        b, t, c, h, w = pred.shape
+        if (t, c) != (self.num_frames, self.num_channels):
+            raise ValueError(
+                f"expected (T, C) = ({self.num_frames}, {self.num_channels}), "
+                f"got {(t, c)} from shape {tuple(pred.shape)}"
+            )
+        if pred.device != self.device:
+            self._to(pred.device)
+        device = pred.device
+        # check everything before touching the sums, so a bad batch leaves the state intact
+        weights = None if self.lat_weights is None else self._grid_weights(h, w, device)
+        clim = self._climatology(climatology, pred.shape, device)
+        # float64 throughout: physical values (e.g. 280 K) lose E[x^2] - E[x]^2 in float32
+        with torch.autocast(device_type=device.type, enabled=False):
+            pred = pred.detach().to(torch.float64)
+            target = target.detach().to(torch.float64)
+            self._update(pred, target, weights, clim, device)
+
+    def _update(
+        self, pred: Tensor, target: Tensor, weights: Tensor | None, clim: Tensor | None, device
+    ) -> None:
+        b, t, c, h, w = pred.shape
+        sums = self.sums
+        channel = (1, 1, c, 1, 1)
+        std = self.std.to(device).view(channel)
+        mean = self.mean.to(device).view(channel)
+        err = pred - target  # (B, T, C, H, W)
+        sums["sequences"] += b
+        sums["pixels"] += b * h * w
+        sums["se"] += (err * err).sum(dim=(0, 3, 4))
+        sums["ae"] += err.abs().sum(dim=(0, 3, 4))
+
+        # SSIM / PSNR in normalised and physical units, and OpenSTL's variant
+        gauss = gaussian_window(_window_size(SSIM_WINDOW, h, w), SSIM_SIGMA).to(device)
+        pred_phys, target_phys = pred * std + mean, target * std + mean
+        range_norm = self.data_range.to(device)
+        range_phys = self.data_range_phys.to(device)
+        sums["ssim"] += ssim_per_sample(pred, target, range_norm, gauss).sum(0)
+        sums["ssim_phys"] += ssim_per_sample(pred_phys, target_phys, range_phys, gauss).sum(0)
+        sums["psnr"] += _psnr((err / range_norm.view(channel)) ** 2).sum(0)
+        sums["psnr_phys"] += _psnr((err * std / range_phys.view(channel)) ** 2).sum(0)
+
+        clipped = pred_phys.clamp(0.0, 1.0)  # OpenSTL clips the prediction only
+        k = _window_size(OPENSTL_SSIM_WINDOW, h, w)
+        uniform = torch.full((k,), 1.0 / k, dtype=torch.float64, device=device)
+        openstl_range = torch.full((c,), OPENSTL_SSIM_DATA_RANGE, dtype=torch.float64)
+        sums["ssim_openstl"] += ssim_per_sample(
+            clipped, target_phys, openstl_range, uniform, cov_norm=k * k / (k * k - 1)
+        ).sum(0)
+        sums["psnr_openstl"] += _psnr((clipped - target_phys) ** 2).sum(0)
+
+        if weights is not None:
+            wse = (weights * err * err).mean(dim=(3, 4))  # (B, T, C)
+            sums["wmse"] += wse.sum(0)
+            sums["wrmse"] += wse.sqrt().sum(0)
+
+        if clim is not None:
+            if weights is None:
+                weights = torch.ones((h, w), dtype=torch.float64, device=device)
+            fa, oa = pred - clim, target - clim  # forecast and observed anomalies
+            num = (weights * fa * oa).sum(dim=(3, 4))
+            den = ((weights * fa * fa).sum(dim=(3, 4)) * (weights * oa * oa).sum(dim=(3, 4))).sqrt()
+            acc = torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))
+            sums["acc"] += acc.sum(0)
+            sums["acc_sequences"] += b
+
+    def _climatology(self, clim: Tensor | None, shape: torch.Size, device) -> Tensor | None:
+        """The climatology to use for this batch, broadcastable to `shape` (B, T, C, H, W)."""
+        h, w = shape[-2:]
+        if clim is None and self.climatology is not None:
+            clim = self.climatology.to(device)
+            if clim.shape[-2:] != (h, w):
+                raise ValueError(
+                    f"climatology grid {tuple(clim.shape[-2:])} does not match data grid {(h, w)}"
+                )
+            clim = clim.unsqueeze(0)  # (1, 1 or T, C, H, W)
+        elif clim is not None:
+            if tuple(clim.shape) != tuple(shape):
+                raise ValueError(
+                    f"expected a per-batch climatology of shape {tuple(shape)}, "
+                    f"got {tuple(clim.shape)}"
+                )
+            clim = clim.to(device=device, dtype=torch.float64)
+        return clim
+
+    def _grid_weights(self, h: int, w: int, device) -> Tensor:
+        weights = self.lat_weights.to(device)
+        if weights.shape[0] != h or weights.shape[1] not in (1, w):
+            raise ValueError(
+                f"lat_weights of shape {tuple(weights.shape)} do not fit the data grid {(h, w)}"
+            )
+        weights = weights.expand(h, w)
+        return weights / weights.mean()  # WeatherBench: mean 1 over the grid
+
+    # ---- results -----------------------------------------------------------------------------
+
+    def compute(self) -> dict[str, float]:
+        """The metrics of everything accumulated (after a reduce: of every worker), as floats."""
+        s = {name: value.cpu() for name, value in self.sums.items()}
+        n = float(s["sequences"])
+        if n == 0:
+            raise RuntimeError("no batches accumulated: call update() before compute()")
+        px = float(s["pixels"])
+        t_len, c_len = self.num_frames, self.num_channels
+        std = self.std
+        # (T, C) sums and the count behind each element
+        per_tc = {
+            "mse": (s["se"], px),
+            "mae": (s["ae"], px),
+            "mse_phys": (s["se"] * std**2, px),
+            "mae_phys": (s["ae"] * std, px),
+            "ssim": (s["ssim"], n),
+            "ssim_phys": (s["ssim_phys"], n),
+            "ssim_openstl": (s["ssim_openstl"], n),
+        }
+        per_t = {"psnr": s["psnr"], "psnr_phys": s["psnr_phys"], "psnr_openstl": s["psnr_openstl"]}
+
+        def scope(suffix: str, tc_index, t_index, cells: int, frames: int) -> dict[str, float]:
+            res = {}
+            for key, (total, count) in per_tc.items():
+                res[key] = float(total[tc_index].sum()) / (count * cells)
+            res["rmse"] = math.sqrt(res["mse"])
+            res["rmse_phys"] = math.sqrt(res["mse_phys"])
+            if t_index is not None:
+                for key, total in per_t.items():
+                    res[key] = float(total[t_index].sum()) / (n * frames)
+            return {key + suffix: res[key] for key in _KEY_ORDER if key in res}
+
+        out = scope("", (slice(None), slice(None)), slice(None), t_len * c_len, t_len)
+        frame_px = px / n  # H * W
+        out["mse_frame_sum"] = float(s["se"].sum()) / (n * t_len)
+        out["mae_frame_sum"] = float(s["ae"].sum()) / (n * t_len)
+        out["mse_frame_sum_phys"] = out["mse_phys"] * c_len * frame_px
+        out["mae_frame_sum_phys"] = out["mae_phys"] * c_len * frame_px
+        for k in range(t_len):
+            out.update(scope(f"/t{k + 1}", (k, slice(None)), k, c_len, 1))
+        if self.named_channels:
+            for ci, name in enumerate(self.channel_names):
+                out.update(scope(f"/{name}", (slice(None), ci), None, t_len, 1))
+
+        # (key, (T, C) sum, sequences behind it, per-channel factor)
+        weather = []
+        if self.lat_weights is not None:
+            weather += [("wmse", s["wmse"], n, torch.ones(c_len, dtype=torch.float64))]
+            weather += [("wrmse", s["wrmse"], n, torch.ones(c_len, dtype=torch.float64))]
+            weather += [("wrmse_phys", s["wrmse"], n, std)]
+        acc_n = float(s["acc_sequences"])
+        if acc_n > 0:
+            weather += [("acc", s["acc"], acc_n, torch.ones(c_len, dtype=torch.float64))]
+        for key, total, count, factor in weather:
+            for ci, name in enumerate(self.channel_names):
+                f = float(factor[ci])
+                out[f"{key}/{name}"] = f * float(total[:, ci].sum()) / (count * t_len)
+                for k in range(t_len):
+                    out[f"{key}/{name}/t{k + 1}"] = f * float(total[k, ci]) / count
+        return out

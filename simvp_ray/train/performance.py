@@ -1,0 +1,68 @@
+"""Speed options for training and inference: channels_last, torch.compile, bf16 autocast.
+
+One place decides how a model and its inputs are prepared, so the training loop, evaluation
+and `benchmarks/model_speed.py` measure and use exactly the same options.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    channels_last: bool = False  # NHWC memory format: oneDNN / cuDNN convolutions prefer it
+    compile: bool = False  # torch.compile (inductor)
+    precision: str = "fp32"  # fp32 | bf16 (autocast; weights and optimiser stay fp32)
+    tuned_backends: bool = False  # cudnn.benchmark + TF32 on GPU; flush denormals on CPU
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def apply_backend_settings(options: SpeedOptions, device: torch.device) -> None:
+    """Process-wide switches; only ever turned on, never off, by this function."""
+    if not options.tuned_backends:
+        return
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.set_flush_denormal(True)
+
+
+def prepare_model(model: torch.nn.Module, options: SpeedOptions,
+                  device: torch.device) -> torch.nn.Module:
+    """Move to `device` and apply memory format / compilation. Returns the model to call."""
+    if options.precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {options.precision!r}; valid: {', '.join(PRECISIONS)}")
+    apply_backend_settings(options, device)
+    model = model.to(device)
+    if options.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if options.compile:
+        model = torch.compile(model)
+    return model
+
+
+def autocast(options: SpeedOptions, device: torch.device):
+    """The autocast context for forward passes (a no-op for fp32)."""
+    if options.precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    # (B, T, C, H, W) inputs stay contiguous: the model folds T into the batch first, and
+    # its convolutions pick the memory format of their weights.
+    return batch.to(device, non_blocking=True)
