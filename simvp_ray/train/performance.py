@@ -41,18 +41,26 @@ def apply_backend_settings(options: SpeedOptions, device: torch.device) -> None:
         torch.set_flush_denormal(True)
 
 
-def prepare_model(model: torch.nn.Module, options: SpeedOptions,
-                  device: torch.device) -> torch.nn.Module:
-    """Move to `device` and apply memory format / compilation. Returns the model to call."""
+def place_model(model: torch.nn.Module, options: SpeedOptions,
+                device: torch.device) -> torch.nn.Module:
+    """Move to `device` in the chosen memory format, in place (the optimiser keeps its refs)."""
     if options.precision not in PRECISIONS:
         raise ValueError(f"unknown precision {options.precision!r}; valid: {', '.join(PRECISIONS)}")
     apply_backend_settings(options, device)
-    model = model.to(device)
+    model.to(device)
     if options.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if options.compile:
-        model = torch.compile(model)
+        model.to(memory_format=torch.channels_last)
     return model
+
+
+def compile_if_asked(model: torch.nn.Module, options: SpeedOptions) -> torch.nn.Module:
+    return torch.compile(model) if options.compile else model
+
+
+def prepare_model(model: torch.nn.Module, options: SpeedOptions,
+                  device: torch.device) -> torch.nn.Module:
+    """place_model, then torch.compile when asked. Returns the module to call."""
+    return compile_if_asked(place_model(model, options, device), options)
 
 
 def autocast(options: SpeedOptions, device: torch.device):

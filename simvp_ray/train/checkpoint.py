@@ -1,0 +1,85 @@
+"""Self-describing checkpoint folders: `checkpoint.pt` (weights_only-loadable) + `config.json`.
+
+`checkpoint.pt` holds the model (OpenSTL key names), optimiser, scheduler, epoch, global step,
+RNG states, metrics and the experiment config as JSON, so a checkpoint alone rebuilds its model.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simvp_ray.config import ExperimentConfig, from_dict, to_dict
+
+FORMAT = "simvp_ray-checkpoint/1"
+CHECKPOINT_FILE = "checkpoint.pt"
+CONFIG_FILE = "config.json"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def save_checkpoint(folder: str | Path, *, model_state: dict[str, torch.Tensor],
+                    optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int,
+                    global_step: int, config: ExperimentConfig,
+                    metrics: dict[str, float]) -> Path:
+    """Write the checkpoint folder; returns it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config_dict = to_dict(config)
+    payload = {
+        "format": FORMAT,
+        "model": model_state,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "global_step": global_step,
+        "rng": rng_state(),
+        "config": json.dumps(config_dict),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+    }
+    # write then rename, so a crash never leaves a truncated checkpoint under the real name
+    partial = folder / (CHECKPOINT_FILE + ".partial")
+    torch.save(payload, partial)
+    partial.replace(folder / CHECKPOINT_FILE)
+    (folder / CONFIG_FILE).write_text(json.dumps(config_dict, indent=2))
+    return folder
+
+
+def load_checkpoint(folder: str | Path, map_location: str | torch.device = "cpu"
+                    ) -> dict[str, Any]:
+    """The checkpoint payload with `config` parsed to an ExperimentConfig; ValueError if bad."""
+    path = Path(folder)
+    path = path / CHECKPOINT_FILE if path.is_dir() else path
+    if not path.exists():
+        raise ValueError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for truncated / foreign files
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or not a torch "
+                         f"file?): {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path} is not a simvp_ray checkpoint (format {found!r}, expected "
+                         f"{FORMAT!r})")
+    payload["config"] = from_dict(ExperimentConfig, json.loads(payload["config"]))
+    return payload

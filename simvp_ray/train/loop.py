@@ -1,0 +1,200 @@
+"""The training loop: plain PyTorch, one readable path, no Ray.
+
+`run_training(config, runtime)` trains `config.model` on the batches `runtime` provides and
+reports per-epoch metrics (and checkpoint folders) through `runtime.report`. A unit test or a
+notebook passes plain iterables; `simvp_ray.distributed` passes Ray Train's dataset shards, DDP
+wrapping, all-reduce and `ray.train.report`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from simvp_ray.config import ExperimentConfig
+from simvp_ray.models import build_model, to_openstl_state_dict
+from simvp_ray.models.openstl import load_checked
+from simvp_ray.train.checkpoint import save_checkpoint, set_rng_state
+from simvp_ray.train.losses import build_loss
+from simvp_ray.train.metrics import MetricAccumulator, persistence_forecast
+from simvp_ray.train.optim import build_optimizer, build_scheduler
+from simvp_ray.train.performance import (
+    SpeedOptions,
+    autocast,
+    bf16_supported,
+    compile_if_asked,
+    place_model,
+)
+
+Batch = Mapping[str, Any]  # {"x": (B, T_in, C, H, W), "y": (B, T_out, C, H, W)} arrays/tensors
+# The headline keys reported each epoch; per-lead-time keys are reported for these too.
+HEADLINE = ("mse", "mae", "rmse", "ssim", "psnr", "mse_phys", "mae_phys", "rmse_phys",
+            "mse_frame_sum", "mae_frame_sum")
+
+
+def _no_op_reduce(tensor: torch.Tensor) -> None:
+    return None
+
+
+@dataclass
+class Runtime:
+    """Everything the loop needs from its caller."""
+
+    train_batches: Callable[[int], Iterable[Batch]]  # epoch -> this worker's training batches
+    val_batches: Callable[[], Iterable[Batch]]  # this worker's share of the validation split
+    steps_per_epoch: int  # optimiser steps per epoch, equal on every worker
+    checkpoint_dir: Path  # where this worker may write checkpoint folders before reporting
+    report: Callable[[dict[str, float], Path | None], None]  # every worker, every epoch
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    mean: np.ndarray | None = None  # per-channel normalisation, for metrics in physical units
+    std: np.ndarray | None = None
+    channel_names: list[str] | None = None
+    rank: int = 0
+    world_size: int = 1
+    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model  # e.g. DDP
+    all_reduce: Callable[[torch.Tensor], None] = _no_op_reduce  # in-place SUM over workers
+    resume: dict[str, Any] | None = None  # a `load_checkpoint` payload to continue from
+    log: Callable[[str], None] = print
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/inf loss; earlier checkpoints are untouched."""
+
+
+def speed_options(config: ExperimentConfig) -> SpeedOptions:
+    return SpeedOptions(channels_last=config.train.channels_last, compile=config.train.compile,
+                        precision=config.train.precision)
+
+
+def _as_tensor(value: Any, device: torch.device) -> torch.Tensor:
+    tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
+    return tensor.to(device=device, dtype=torch.float32, non_blocking=True)
+
+
+def evaluate(model: torch.nn.Module, batches: Iterable[Batch], runtime: Runtime,
+             options: SpeedOptions, out_frames: int, channels: int) -> dict[str, float]:
+    """Validation metrics of the model and of persistence, reduced exactly over workers."""
+    model.eval()
+    accumulators = {
+        name: MetricAccumulator(out_frames, channels, mean=runtime.mean, std=runtime.std,
+                                channel_names=runtime.channel_names, device=runtime.device)
+        for name in ("val", "val_persistence")
+    }
+    with torch.no_grad():
+        for batch in batches:
+            x, y = _as_tensor(batch["x"], runtime.device), _as_tensor(batch["y"], runtime.device)
+            with autocast(options, runtime.device):
+                pred = model(x)
+            accumulators["val"].update(pred.float(), y)
+            accumulators["val_persistence"].update(persistence_forecast(x, out_frames), y)
+    metrics = {}
+    for prefix, accumulator in accumulators.items():
+        state = accumulator.state().to(runtime.device)
+        runtime.all_reduce(state)
+        accumulator.load_state(state)
+        values = accumulator.compute()
+        metrics.update({f"{prefix}/{key}": value for key, value in values.items()
+                        if key.split("/")[0] in HEADLINE})
+    return metrics
+
+
+def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]:
+    """Train for config.train.epochs (from the resume point); returns the last epoch's metrics."""
+    options = speed_options(config)
+    if options.precision == "bf16" and not bf16_supported(runtime.device):
+        raise ValueError(f"train.precision=bf16 but {runtime.device} has no bf16 support; "
+                         "use train.precision=fp32")
+    torch.manual_seed(config.train.seed)
+    # `plain` owns the parameters (optimiser, checkpoints); `model` is what we call (DDP, compile)
+    plain = place_model(build_model(config.model), options, runtime.device)
+    optimizer = build_optimizer(plain, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, config.train.epochs,
+                                runtime.steps_per_epoch)
+    start_epoch, global_step = 0, 0
+    if runtime.resume is not None:
+        if runtime.resume["config"].model != config.model:
+            raise ValueError(
+                "cannot resume: the checkpoint's model config differs from this run's: "
+                f"checkpoint {runtime.resume['config'].model}, run {config.model}")
+        load_checked(plain, runtime.resume["model"])
+        optimizer.load_state_dict(runtime.resume["optimizer"])
+        scheduler.load_state_dict(runtime.resume["scheduler"])
+        set_rng_state(runtime.resume["rng"])
+        start_epoch = runtime.resume["epoch"] + 1
+        global_step = runtime.resume["global_step"]
+    model = compile_if_asked(runtime.wrap_model(plain), options)
+    loss_fn = build_loss(config.train.loss, config.train.tau_alpha)
+    metrics: dict[str, float] = {}
+    run_start = time.perf_counter()
+    for epoch in range(start_epoch, config.train.epochs):
+        epoch_start = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=runtime.device)  # (sum, count)
+        batches = runtime.train_batches(epoch)
+        for step, batch in zip(range(runtime.steps_per_epoch), batches):
+            x, y = _as_tensor(batch["x"], runtime.device), _as_tensor(batch["y"], runtime.device)
+            with autocast(options, runtime.device):
+                pred = model(x)
+            loss = loss_fn(pred.float(), y)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss is {loss.item()} at epoch {epoch} step {step} (global step "
+                    f"{global_step}); stopped, earlier checkpoints are kept")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            global_step += 1
+            loss_sum += torch.stack([loss.detach().double() * x.shape[0],
+                                     torch.tensor(x.shape[0], dtype=torch.float64,
+                                                  device=runtime.device)])
+        train_time = time.perf_counter() - epoch_start
+        runtime.all_reduce(loss_sum)
+        metrics = evaluate(model, runtime.val_batches(), runtime, options,
+                           config.model.out_frames, config.model.channels)
+        epoch_time = time.perf_counter() - epoch_start
+        samples = loss_sum[1].item()
+        metrics.update({
+            "epoch": epoch,
+            "train/loss": loss_sum[0].item() / max(samples, 1.0),
+            "train/samples": samples,
+            "train/samples_per_s": samples / train_time,
+            "train/epoch_time_s": train_time,
+            "epoch_time_s": epoch_time,
+            "lr": optimizer.param_groups[0]["lr"],
+        })
+        if not math.isfinite(metrics["val/mse"]):
+            raise NonFiniteLossError(f"validation MSE is {metrics['val/mse']} after epoch "
+                                     f"{epoch}; stopped, earlier checkpoints are kept")
+        last = epoch == config.train.epochs - 1
+        checkpoint = None
+        if runtime.rank == 0 and (last or (epoch + 1) % config.train.checkpoint_every == 0):
+            checkpoint = save_checkpoint(
+                runtime.checkpoint_dir / f"epoch_{epoch:04d}",
+                model_state=to_openstl_state_dict(plain), optimizer=optimizer,
+                scheduler=scheduler, epoch=epoch, global_step=global_step, config=config,
+                metrics=metrics)
+        if runtime.rank == 0:
+            runtime.log(progress_line(metrics, epoch, config.train.epochs, start_epoch,
+                                      time.perf_counter() - run_start))
+        runtime.report(metrics, checkpoint)
+    return metrics
+
+
+def progress_line(metrics: dict[str, float], epoch: int, epochs: int, start_epoch: int,
+                  elapsed: float) -> str:
+    done = epoch + 1 - start_epoch
+    eta = elapsed / done * (epochs - epoch - 1)
+    return (f"epoch {epoch + 1}/{epochs}  loss {metrics['train/loss']:.5f}  "
+            f"val mse {metrics['val/mse']:.5f} (persistence {metrics['val_persistence/mse']:.5f})"
+            f"  mae {metrics['val/mae']:.4f}  ssim {metrics['val/ssim']:.4f}  "
+            f"{metrics['train/samples_per_s']:.1f} samples/s  eta {eta:.0f}s")
