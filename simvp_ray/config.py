@@ -40,9 +40,14 @@ class ModelConfig:
 class DataConfig:
     """Which Zarr store to read and how to cut it into (input, target) windows."""
 
-    url: str = ""  # local path or s3:// URL of a store in the datasets/README.md schema
+    url: str = ""  # local path or s3:// URL of a store in the datasets/README.md schema;
+    # "" = the embedded synthetic dataset (written once to a local cache)
     frame_step: int = 1  # use every k-th frame (e.g. 6 for 6-hourly from hourly data)
-    window_stride: int = 1  # distance between consecutive window starts, in frames
+    frame_offsets: tuple[int, ...] = ()  # explicit step offsets of a window's frames (OpenSTL's
+    # multi-variable WeatherBench index lists); overrides frame_step when given
+    window_stride: int = 1  # distance between consecutive window starts, in steps
+    channels: tuple[str, ...] = ()  # channel names to use; () = all of the store's
+    windows_per_read: int = 256  # windows one Ray Data read task emits (chunk-aligned)
     batch_size: int = 16  # per training step, summed over all workers (OpenSTL: 16 on 1 GPU)
     val_batch_size: int = 16
     shuffle_buffer: int = 256  # windows in the local shuffle buffer of each worker
@@ -88,6 +93,7 @@ class ScalingConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     max_failures: int = 3  # worker-group restarts from the latest checkpoint
+    wait_for_resources: bool = False  # wait for an autoscaler instead of failing fast
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,7 @@ def demo() -> ExperimentConfig:
     """A small gSTA (SimVPv2) on the embedded synthetic data: minutes on 2 CPU cores."""
     return ExperimentConfig(
         name="demo",
-        model=ModelConfig(translator="gsta", in_frames=4, out_frames=4, channels=1, height=32,
+        model=ModelConfig(translator="gsta", in_frames=4, out_frames=4, channels=2, height=32,
                           width=32, spatial_channels=16, translator_channels=64,
                           num_spatial_layers=2, num_translator_blocks=2, mlp_ratio=4.0),
         data=DataConfig(url="", batch_size=16, val_batch_size=32),

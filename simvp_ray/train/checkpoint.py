@@ -1,7 +1,8 @@
 """Self-describing checkpoint folders: `checkpoint.pt` (weights_only-loadable) + `config.json`.
 
 `checkpoint.pt` holds the model (OpenSTL key names), optimiser, scheduler, epoch, global step,
-RNG states, metrics and the experiment config as JSON, so a checkpoint alone rebuilds its model.
+RNG states, every epoch's metrics and the experiment config as JSON, so a checkpoint alone
+rebuilds its model and its run's curves.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from simvp_ray.config import ExperimentConfig, from_dict, to_dict
 FORMAT = "simvp_ray-checkpoint/1"
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.json"  # per-epoch metrics up to this checkpoint, for tools
 
 
 def rng_state() -> dict[str, Any]:
@@ -41,7 +43,7 @@ def _as_tuple(value: Any) -> Any:
 def save_checkpoint(folder: str | Path, *, model_state: dict[str, torch.Tensor],
                     optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int,
                     global_step: int, config: ExperimentConfig,
-                    metrics: dict[str, float]) -> Path:
+                    history: list[dict[str, float]]) -> Path:
     """Write the checkpoint folder; returns it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -55,13 +57,14 @@ def save_checkpoint(folder: str | Path, *, model_state: dict[str, torch.Tensor],
         "global_step": global_step,
         "rng": rng_state(),
         "config": json.dumps(config_dict),
-        "metrics": {k: float(v) for k, v in metrics.items()},
+        "history": [{k: float(v) for k, v in row.items()} for row in history],  # every epoch
     }
     # write then rename, so a crash never leaves a truncated checkpoint under the real name
     partial = folder / (CHECKPOINT_FILE + ".partial")
     torch.save(payload, partial)
     partial.replace(folder / CHECKPOINT_FILE)
     (folder / CONFIG_FILE).write_text(json.dumps(config_dict, indent=2))
+    (folder / HISTORY_FILE).write_text(json.dumps(payload["history"]))
     return folder
 
 

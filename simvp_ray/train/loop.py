@@ -117,7 +117,7 @@ def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]
     optimizer = build_optimizer(plain, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, config.train.epochs,
                                 runtime.steps_per_epoch)
-    start_epoch, global_step = 0, 0
+    start_epoch, global_step, history = 0, 0, []
     if runtime.resume is not None:
         if runtime.resume["config"].model != config.model:
             raise ValueError(
@@ -129,6 +129,7 @@ def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]
         set_rng_state(runtime.resume["rng"])
         start_epoch = runtime.resume["epoch"] + 1
         global_step = runtime.resume["global_step"]
+        history = list(runtime.resume["history"])
     model = compile_if_asked(runtime.wrap_model(plain), options)
     loss_fn = build_loss(config.train.loss, config.train.tau_alpha)
     metrics: dict[str, float] = {}
@@ -175,6 +176,7 @@ def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]
         if not math.isfinite(metrics["val/mse"]):
             raise NonFiniteLossError(f"validation MSE is {metrics['val/mse']} after epoch "
                                      f"{epoch}; stopped, earlier checkpoints are kept")
+        history.append(metrics)
         last = epoch == config.train.epochs - 1
         checkpoint = None
         if runtime.rank == 0 and (last or (epoch + 1) % config.train.checkpoint_every == 0):
@@ -182,7 +184,7 @@ def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]
                 runtime.checkpoint_dir / f"epoch_{epoch:04d}",
                 model_state=to_openstl_state_dict(plain), optimizer=optimizer,
                 scheduler=scheduler, epoch=epoch, global_step=global_step, config=config,
-                metrics=metrics)
+                history=history)
         if runtime.rank == 0:
             runtime.log(progress_line(metrics, epoch, config.train.epochs, start_epoch,
                                       time.perf_counter() - run_start))

@@ -28,9 +28,9 @@ def moving_wave_windows(num: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 def tiny_config(epochs: int = 3) -> ExperimentConfig:
     config = get_preset("demo")
-    return override(config, {"model.height": 16, "model.width": 16, "model.translator_channels":
-                             32, "train.epochs": epochs, "data.batch_size": 8,
-                             "optim.lr": 3e-3})
+    return override(config, {"model.channels": 1, "model.height": 16, "model.width": 16,
+                             "model.translator_channels": 32, "train.epochs": epochs,
+                             "data.batch_size": 8, "optim.lr": 3e-3})
 
 
 def make_runtime(tmp_path, reports: list, resume=None, windows=None) -> Runtime:
@@ -72,6 +72,7 @@ def test_checkpoint_every_k_epochs_and_at_the_end(tmp_path):
     assert saved == [None, "epoch_0001", "epoch_0002"]
     payload = load_checkpoint(reports[-1][1])
     assert payload["epoch"] == 2 and payload["config"] == config
+    assert [row["epoch"] for row in payload["history"]] == [0, 1, 2]
     assert "enc.enc.0.conv.conv.weight" in payload["model"]  # OpenSTL key names
 
 
@@ -83,6 +84,7 @@ def test_resumed_run_ends_with_the_same_metrics(tmp_path):
     resumed = []
     run_training(config, make_runtime(tmp_path / "c", resumed, resume=interrupted))
     assert [m["epoch"] for m, _ in resumed] == [2]
+    assert [row["epoch"] for row in load_checkpoint(resumed[-1][1])["history"]] == [0, 1, 2]
     for key in ("val/mse", "val/ssim", "train/loss"):
         assert resumed[-1][0][key] == pytest.approx(straight[-1][0][key], rel=1e-6, abs=1e-9)
 

@@ -1,0 +1,237 @@
+"""Launch a training run on Ray Train's TorchTrainer and summarise it in `result.json`.
+
+`run_experiment(config, storage=..., name=...)` connects to (or starts) Ray, streams the
+store through Ray Data, trains with `worker.train_worker` on every worker, and writes
+`<storage>/<name>/result.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+import ray
+import ray.train
+from ray.data import ExecutionOptions
+from ray.train.torch import TorchTrainer
+
+from simvp_ray.config import ExperimentConfig, override, to_dict
+from simvp_ray.data.ray_data import build_ray_datasets, count_split_windows
+from simvp_ray.data.store import open_dataset
+from simvp_ray.data.synthetic import write_synthetic
+from simvp_ray.distributed.worker import train_worker
+
+RESULT_FILE = "result.json"
+SYNTHETIC_VERSION = "v1"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SIMVP_CACHE_DIR", Path.home() / ".cache" / "simvp_ray"))
+
+
+def ensure_synthetic_store() -> str:
+    """The embedded default dataset, written once to the local cache (atomically)."""
+    path = default_cache_dir() / f"synthetic-{SYNTHETIC_VERSION}.zarr"
+    if not path.exists():
+        partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+        write_synthetic(partial)
+        try:
+            partial.rename(path)
+        except OSError:  # another process finished first: keep its copy
+            shutil.rmtree(partial, ignore_errors=True)
+    return str(path)
+
+
+def resolve_data(config: ExperimentConfig) -> ExperimentConfig:
+    """Fill in the synthetic default and check the store matches the model's frames."""
+    url = config.data.url or ensure_synthetic_store()
+    dataset = open_dataset(url)
+    channels = len(config.data.channels) or dataset.frames.shape[1]
+    grid = tuple(dataset.frames.shape[2:])
+    model = config.model
+    if (channels, *grid) != (model.channels, model.height, model.width):
+        raise ValueError(
+            f"the store {url} holds frames of {channels} channels x {grid[0]} x {grid[1]} but "
+            f"the model expects {model.channels} x {model.height} x {model.width}: set "
+            "model.channels / model.height / model.width (or data.channels) to match")
+    return config if config.data.url else override(config, {"data.url": url})
+
+
+def storage_filesystem(storage: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    if "://" in storage:
+        return pyarrow.fs.FileSystem.from_uri(storage)
+    return pyarrow.fs.LocalFileSystem(), str(Path(storage).resolve())
+
+
+def run_exists(storage: str, name: str) -> bool:
+    fs, root = storage_filesystem(storage)
+    info = fs.get_file_info(f"{root}/{name}")
+    return info.type != pyarrow.fs.FileType.NotFound
+
+
+def ensure_ray(num_cpus_needed: float) -> None:
+    """Connect to RAY_ADDRESS / a running cluster, or start a local one big enough."""
+    if ray.is_initialized():
+        return
+    # Ray puts the driver script's folder on every worker's sys.path; for jobs/*.py that
+    # folder holds profile.py, which would shadow the standard library module torch imports.
+    # The driver needs it no more (its imports are done), and without it Ray adds nothing.
+    script_dir = os.path.dirname(os.path.realpath(sys.argv[0]))
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != script_dir]
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    # logical CPUs beyond the cores leave room for Ray Data's read tasks (spec/ray.md 3.4)
+    # the dashboard (on 127.0.0.1) serves the State API that Train's controller polls
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(num_cpus_needed) + 2),
+             dashboard_host="127.0.0.1")
+
+
+def check_resources(config: ExperimentConfig) -> None:
+    """Fail fast when the cluster cannot place the workers (Ray Train would wait forever)."""
+    scaling = config.scaling
+    if scaling.wait_for_resources:
+        return
+    needed_workers = scaling.min_workers or scaling.num_workers
+    available = ray.cluster_resources()
+    cpus = available.get("CPU", 0.0)
+    gpus = available.get("GPU", 0.0)
+    problems = []
+    if needed_workers * scaling.cpus_per_worker > cpus:
+        problems.append(f"{needed_workers} workers x {scaling.cpus_per_worker} CPU need "
+                        f"{needed_workers * scaling.cpus_per_worker:g} CPUs, the cluster has "
+                        f"{cpus:g}")
+    if scaling.use_gpu and needed_workers > gpus:
+        problems.append(f"{needed_workers} GPU workers, the cluster has {gpus:g} GPUs")
+    if problems:
+        raise ValueError("cannot place the training workers: " + "; ".join(problems) +
+                         ". Use fewer workers (--num-workers) or set "
+                         "scaling.wait_for_resources=true on an autoscaling cluster")
+
+
+def quiet_ray_data() -> None:
+    """No per-execution banners or progress bars: one epoch line per epoch is the output."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
+def scaling_config(config: ExperimentConfig) -> ray.train.ScalingConfig:
+    scaling = config.scaling
+    workers: int | tuple[int, int] = scaling.num_workers
+    if scaling.min_workers and scaling.min_workers < scaling.num_workers:
+        workers = (scaling.min_workers, scaling.num_workers)
+    return ray.train.ScalingConfig(
+        num_workers=workers, use_gpu=scaling.use_gpu,
+        resources_per_worker={"CPU": scaling.cpus_per_worker, **(
+            {"GPU": 1} if scaling.use_gpu else {})},
+        placement_strategy="SPREAD" if scaling.num_workers > 1 else "PACK")
+
+
+def run_experiment(config: ExperimentConfig, *, storage: str = "runs",
+                   name: str | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train `config` on Ray; returns the content of `<storage>/<name>/result.json`."""
+    start = time.time()
+    name = name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    exists = run_exists(storage, name)
+    if exists and not resume:
+        raise ValueError(f"run {name!r} already exists under {storage}: pass --resume to "
+                         "continue it, or choose another --name (nothing was overwritten)")
+    if resume and not exists:
+        raise ValueError(f"cannot resume: no run {name!r} under {storage}")
+    config = resolve_data(config)
+    scaling = config.scaling
+    ensure_ray(scaling.num_workers * scaling.cpus_per_worker)
+    check_resources(config)
+    quiet_ray_data()
+    datasets = build_ray_datasets(config.data, config.model, seed=config.train.seed)
+    if "val" not in datasets:
+        raise ValueError(f"the store {config.data.url} has no val split")
+    stats = open_dataset(config.data.url).stats
+    loop_config = {
+        "config": to_dict(config),
+        "num_train_windows": count_split_windows(config.data, config.model, "train"),
+        "mean": stats.offset.tolist(),
+        "std": stats.scale.tolist(),
+    }
+    # order-preserving execution: the same seed gives the same batches (exact resume)
+    ordered = ExecutionOptions(preserve_order=True)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=loop_config,
+        scaling_config=scaling_config(config),
+        datasets={"train": datasets["train"], "val": datasets["val"]},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
+                                            execution_options=ordered),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=_ray_storage(storage),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=config.train.keep_checkpoints,
+                checkpoint_score_attribute="val/mse", checkpoint_score_order="min"),
+            failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
+            # our per-epoch line says what matters; Ray's INFO lines repeat every metric
+            logging_config=ray.train.LoggingConfig(log_level="WARNING")),
+    )
+    result = trainer.fit()
+    summary = summarize(result, config, storage, name, wall_time=time.time() - start)
+    write_result(storage, name, summary)
+    return summary
+
+
+def _ray_storage(storage: str) -> str:
+    return storage if "://" in storage else str(Path(storage).resolve())
+
+
+def _url(storage: str, path: str) -> str:
+    scheme = storage.split("://", 1)[0] + "://" if "://" in storage else ""
+    return scheme + path
+
+
+def read_history(checkpoint: ray.train.Checkpoint) -> list[dict[str, float]]:
+    with checkpoint.as_directory() as folder:
+        return json.loads((Path(folder) / "history.json").read_text())
+
+
+def summarize(result: ray.train.Result, config: ExperimentConfig, storage: str, name: str,
+              wall_time: float) -> dict[str, Any]:
+    if result.error is not None:
+        raise result.error
+    history = read_history(result.checkpoint)
+    final = history[-1]
+    best = min(history, key=lambda row: row["val/mse"])
+    best_checkpoint = result.get_best_checkpoint("val/mse", "min") or result.checkpoint
+    headline = ("mse", "mae", "rmse", "ssim", "psnr", "mse_phys", "mae_phys", "rmse_phys")
+
+    def pick(row: dict[str, float], prefix: str) -> dict[str, float]:
+        return {key: row[f"{prefix}/{key}"] for key in headline if f"{prefix}/{key}" in row}
+
+    return {
+        "name": name,
+        "run_url": _url(storage, result.path),
+        "epochs_run": len(history),
+        "wall_time_s": wall_time,
+        "train_samples_per_s": sum(r["train/samples_per_s"] for r in history) / len(history),
+        "final": {"epoch": final["epoch"], "model": pick(final, "val"),
+                  "persistence": pick(final, "val_persistence")},
+        "best": {"epoch": best["epoch"], "model": pick(best, "val"),
+                 "persistence": pick(best, "val_persistence")},
+        "best_checkpoint": _url(storage, best_checkpoint.path),
+        "latest_checkpoint": _url(storage, result.checkpoint.path),
+        "history": history,
+        "config": to_dict(config),
+    }
+
+
+def write_result(storage: str, name: str, summary: dict[str, Any]) -> str:
+    fs, root = storage_filesystem(storage)
+    path = f"{root}/{name}/{RESULT_FILE}"
+    with fs.open_output_stream(path) as stream:
+        stream.write(json.dumps(summary, indent=2).encode())
+    return _url(storage, path) if "://" in storage else path

@@ -1,0 +1,86 @@
+"""The Ray Train worker: adapts Ray Train's context to the plain training loop's `Runtime`.
+
+Runs on every worker. Ray specifics stop here: dataset shards become batch iterables,
+`prepare_model` wraps DDP, `ray.train.report` carries metrics and checkpoint folders.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from simvp_ray.config import ExperimentConfig, from_dict
+from simvp_ray.data.ray_data import iter_rank_batches
+from simvp_ray.train.checkpoint import load_checkpoint
+from simvp_ray.train.loop import Runtime, run_training
+
+
+def per_worker_batch_size(global_batch: int, world_size: int) -> int:
+    """The global batch stays fixed when the world size changes (elastic), so the learning
+    rate does too; each worker takes an equal share."""
+    if global_batch < world_size:
+        raise ValueError(f"data.batch_size={global_batch} is smaller than the {world_size} "
+                         "workers: each worker needs at least one window per step")
+    return global_batch // world_size
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def _resume_payload() -> dict[str, Any] | None:
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return load_checkpoint(folder)
+
+
+def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
+    """`train_loop_per_worker` of the TorchTrainer; `loop_config` comes from `trainer.py`."""
+    config = from_dict(ExperimentConfig, loop_config["config"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    batch = per_worker_batch_size(config.data.batch_size, world)
+    # streaming_split(equal=True) gives each worker num_train // world windows
+    steps_per_epoch = (loop_config["num_train_windows"] // world) // batch
+    if config.train.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.train.max_steps_per_epoch)
+    device = ray.train.torch.get_device()
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+
+    def train_batches(epoch: int):
+        return train_shard.iter_torch_batches(
+            batch_size=batch, drop_last=True, dtypes=torch.float32, device=device,
+            local_shuffle_buffer_size=config.data.shuffle_buffer or None,
+            local_shuffle_seed=config.train.seed + epoch, prefetch_batches=2)
+
+    def val_batches():
+        stream = val_shard.iter_batches(batch_size=config.data.val_batch_size,
+                                        batch_format="numpy", prefetch_batches=2)
+        return iter_rank_batches(stream, rank, world)
+
+    def report(metrics: dict[str, float], folder: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
+        # every rank reports (it is a barrier); the upload is synchronous, then the local copy goes
+        ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
+
+    with tempfile.TemporaryDirectory(prefix="simvp_ckpt_") as checkpoint_dir:
+        runtime = Runtime(
+            train_batches=train_batches, val_batches=val_batches,
+            steps_per_epoch=steps_per_epoch, checkpoint_dir=Path(checkpoint_dir),
+            report=report, device=device, mean=np.asarray(loop_config["mean"]),
+            std=np.asarray(loop_config["std"]), channel_names=None, rank=rank,
+            world_size=world,
+            wrap_model=lambda model: ray.train.torch.prepare_model(model, move_to_device=False),
+            all_reduce=_all_reduce_sum, resume=_resume_payload())
+        return run_training(config, runtime)
