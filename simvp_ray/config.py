@@ -50,6 +50,7 @@ class DataConfig:
     windows_per_read: int = 256  # windows one Ray Data read task emits (chunk-aligned)
     batch_size: int = 16  # per training step, summed over all workers (OpenSTL: 16 on 1 GPU)
     val_batch_size: int = 16
+    shuffle: bool = True  # training windows in a seeded random order (else in time order)
     shuffle_buffer: int = 256  # windows in the local shuffle buffer of each worker
 
 

@@ -129,7 +129,8 @@ def build_ray_datasets(data_config: DataConfig, model_config: ModelConfig,
             continue
         source = ZarrWindowDatasource(data_config.url, split, data_config, model_config)
         ds = ray.data.read_datasource(source, override_num_blocks=max(len(source.groups), 1))
-        datasets[split] = ds.randomize_block_order(seed=seed) if split == "train" else ds
+        shuffled = split == "train" and data_config.shuffle
+        datasets[split] = ds.randomize_block_order(seed=seed) if shuffled else ds
     return datasets
 
 

@@ -105,7 +105,7 @@ def check_resources(config: ExperimentConfig) -> None:
     gpus = available.get("GPU", 0.0)
     problems = []
     if needed_workers * scaling.cpus_per_worker > cpus:
-        problems.append(f"{needed_workers} workers x {scaling.cpus_per_worker} CPU need "
+        problems.append(f"{needed_workers} workers x {scaling.cpus_per_worker:g} CPU need "
                         f"{needed_workers * scaling.cpus_per_worker:g} CPUs, the cluster has "
                         f"{cpus:g}")
     if scaling.use_gpu and needed_workers > gpus:

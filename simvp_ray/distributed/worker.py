@@ -61,7 +61,8 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     def train_batches(epoch: int):
         return train_shard.iter_torch_batches(
             batch_size=batch, drop_last=True, dtypes=torch.float32, device=device,
-            local_shuffle_buffer_size=config.data.shuffle_buffer or None,
+            local_shuffle_buffer_size=(config.data.shuffle_buffer or None
+                                       if config.data.shuffle else None),
             local_shuffle_seed=config.train.seed + epoch, prefetch_batches=2)
 
     def val_batches():
