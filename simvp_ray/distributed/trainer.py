@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -22,11 +23,15 @@ import ray.train
 from ray.data import ExecutionOptions
 from ray.train.torch import TorchTrainer
 
+from simvp_ray.analysis.panels import plot_forecast_panel
+from simvp_ray.analysis.tensorboard import write_tensorboard
 from simvp_ray.config import ExperimentConfig, override, to_dict
+from simvp_ray.data import open_dataset, read_windows, window_starts
 from simvp_ray.data.ray_data import build_ray_datasets, count_split_windows
-from simvp_ray.data.store import open_dataset
 from simvp_ray.data.synthetic import write_synthetic
 from simvp_ray.distributed.worker import train_worker
+from simvp_ray.train.checkpoint import load_checkpoint
+from simvp_ray.train.inference import model_from_checkpoint, predict_numpy
 
 RESULT_FILE = "result.json"
 SYNTHETIC_VERSION = "v1"
@@ -181,8 +186,50 @@ def run_experiment(config: ExperimentConfig, *, storage: str = "runs",
     )
     result = trainer.fit()
     summary = summarize(result, config, storage, name, wall_time=time.time() - start)
+    summary["artifacts"] = publish_artifacts(result, config, storage, name, summary["history"])
     write_result(storage, name, summary)
     return summary
+
+
+def publish_artifacts(result: ray.train.Result, config: ExperimentConfig, storage: str,
+                      name: str, history: list[dict[str, float]]) -> dict[str, str]:
+    """TensorBoard events and a validation panel of the best checkpoint, into the run folder."""
+    fs, root = storage_filesystem(storage)
+    best = result.get_best_checkpoint("val/mse", "min") or result.checkpoint
+    with tempfile.TemporaryDirectory(prefix="simvp_artifacts_") as local:
+        write_tensorboard(history, Path(local) / "tensorboard")
+        with best.as_directory() as folder:
+            payload = load_checkpoint(folder)
+        save_validation_panel(payload, config, Path(local) / "panel_val.png")
+        pyarrow.fs.copy_files(local, f"{root}/{name}", destination_filesystem=fs,
+                              source_filesystem=pyarrow.fs.LocalFileSystem())
+    return {"tensorboard": _url(storage, f"{root}/{name}/tensorboard"),
+            "panel": _url(storage, f"{root}/{name}/panel_val.png")}
+
+
+def save_validation_panel(payload: dict[str, Any], config: ExperimentConfig,
+                          path: Path) -> Path:
+    """Inputs / targets / predictions / error of one validation window, physical units."""
+    dataset = open_dataset(config.data.url)
+    model, data = config.model, config.data
+    offsets = list(data.frame_offsets) or None
+    names = list(data.channels) or dataset.channels
+    picked = [dataset.channels.index(name) for name in names]
+    starts = window_starts(dataset, "val", model.in_frames, model.out_frames, data.frame_step,
+                           offsets=offsets)
+    middle = starts[len(starts) // 2:len(starts) // 2 + 1]
+    window = {normalized: read_windows(dataset, middle, model.in_frames, model.out_frames,
+                                       data.frame_step, offsets=offsets, channels=names,
+                                       normalized=normalized)
+              for normalized in (True, False)}
+    pred = predict_numpy(model_from_checkpoint(payload), window[True]["x"])[0]
+    scale = dataset.stats.scale[picked][None, :, None, None]
+    offset = dataset.stats.offset[picked][None, :, None, None]
+    physical = window[False]
+    return plot_forecast_panel(
+        physical["x"][0], physical["y"][0], pred * scale + offset, path,
+        channel_name=names[0], units=dataset.units[picked[0]],
+        title=f"{config.name}: validation window, epoch {payload['epoch'] + 1}, {names[0]}")
 
 
 def _ray_storage(storage: str) -> str:

@@ -33,6 +33,10 @@ def test_train_job_writes_result_and_checkpoints(local_ray, small_store, tmp_pat
     assert [row["epoch"] for row in result["history"]] == [0, 1]
     assert result["final"]["model"]["mse"] < result["final"]["persistence"]["mse"]
     assert result["config"]["data"]["url"] == small_store
+    run = tmp_path / "run1"
+    assert (run / "panel_val.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert result["artifacts"]["panel"] == str(run / "panel_val.png")
     best = Path(result["best_checkpoint"])
     payload = load_checkpoint(best)
     assert payload["config"].model.translator == "gsta"

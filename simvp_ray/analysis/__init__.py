@@ -1,0 +1,1 @@
+"""Results -> tables and pictures: pandas and matplotlib over plain arrays and dicts."""
