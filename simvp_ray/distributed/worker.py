@@ -55,6 +55,8 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     if config.train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.train.max_steps_per_epoch)
     device = ray.train.torch.get_device()
+    print(f"worker rank {rank}/{world} on node {ray.get_runtime_context().get_node_id()}, "
+          f"device {device}, per-worker batch {batch}", flush=True)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
 

@@ -1,0 +1,290 @@
+"""Convert anything xarray opens (NetCDF 3/4, GRIB via cfgrib, Zarr incl. WeatherBench2-style
+stores) into a store: chosen variables x pressure levels become channels, in the order given.
+
+The work is split in parts (one file, or for WeatherBench one year of several variable files);
+each part is read in blocks of BLOCK_STEPS time steps, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+import xarray as xr
+
+from simvp_ray.data.schema import DatasetError, default_splits
+from simvp_ray.data.store import Dataset, StoreLayout, create_store, is_remote
+from simvp_ray.data.timegrid import infer_step, regular_grid
+
+CONVERTER_VERSION = "1"
+BLOCK_STEPS = 1024
+TIME_DIMS = ("time", "valid_time", "datetime", "date")
+LEVEL_DIMS = ("level", "isobaricInhPa", "plev", "pressure_level", "lev")
+LAT_NAMES = ("lat", "latitude")
+LON_NAMES = ("lon", "longitude")
+GRIB_SUFFIXES = (".grib", ".grb", ".grib2", ".grb2")
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One store channel: a variable of a file, at one level (or none)."""
+
+    variable: str
+    level: float | None = None
+    name: str = ""
+
+
+def open_source(path: str, storage_options: dict | None = None) -> xr.Dataset:
+    """Open a file or store lazily with the right backend (cfgrib, zarr or xarray's guess)."""
+    if path.endswith(GRIB_SUFFIXES):
+        # no .idx side file: the source may be read-only
+        return xr.open_dataset(path, engine="cfgrib", backend_kwargs={"indexpath": ""})
+    if path.rstrip("/").endswith(".zarr") or any(
+            os.path.exists(os.path.join(path, name)) for name in ("zarr.json", ".zgroup")):
+        options = storage_options or {}
+        kwargs = {"storage_options": options} if is_remote(path) else {}
+        return xr.open_dataset(path, engine="zarr", chunks=None,
+                               consolidated=_has_consolidated_metadata(path, options), **kwargs)
+    if not os.path.exists(path):
+        raise DatasetError(f"{path}: no such file")
+    return xr.open_dataset(path)
+
+
+def _has_consolidated_metadata(path: str, storage_options: dict) -> bool:
+    # v2 stores (WeatherBench2) keep it in .zmetadata, v3 ones inside zarr.json; asking xarray
+    # to guess costs a warning and a failed read on every open
+    fs, root = fsspec.core.url_to_fs(path, **(storage_options if is_remote(path) else {}))
+    root = root.rstrip("/")
+    if fs.exists(f"{root}/.zmetadata"):
+        return True
+    if not fs.exists(f"{root}/zarr.json"):
+        return False
+    return json.loads(fs.cat_file(f"{root}/zarr.json")).get("consolidated_metadata") is not None
+
+
+def find_dim(ds: xr.Dataset, given: str | None, candidates: Sequence[str], what: str,
+             where: str) -> str | None:
+    """The dimension named `given`, else the first candidate present (None if none)."""
+    if given is not None:
+        if given not in ds.dims:
+            raise DatasetError(f"{where}: no {what} dimension {given!r}; dims: {list(ds.dims)}")
+        return given
+    return next((name for name in candidates if name in ds.dims), None)
+
+
+def resolve_channels(ds: xr.Dataset, variables: Sequence[str], levels: Sequence[float] | None,
+                     level_dim: str | None, where: str, last_level: bool = False) -> list[Channel]:
+    """Channels for variables x levels: each variable in turn, its levels in the order given
+    (all levels when none are given, or only the last one with last_level)."""
+    channels = []
+    for variable in variables:
+        if variable not in ds.data_vars:
+            raise DatasetError(f"{where}: no variable {variable!r}; valid: {sorted(ds.data_vars)}")
+        dims = ds[variable].dims
+        dim = next((d for d in ([level_dim] if level_dim else LEVEL_DIMS) if d in dims), None)
+        if dim is None:
+            channels.append(Channel(variable, None, variable))
+            continue
+        available = [float(v) for v in ds[dim].values]
+        wanted = list(levels) if levels else (available[-1:] if last_level else available)
+        for level in wanted:
+            if float(level) not in available:
+                raise DatasetError(f"{where}: variable {variable!r} has no {dim} {level:g}; "
+                                   f"valid: {[f'{v:g}' for v in available]}")
+            channels.append(Channel(variable, float(level), f"{variable}_{float(level):g}"))
+    return channels
+
+
+def _channel_array(ds: xr.Dataset, channel: Channel, time_dim: str, level_dim: str | None,
+                   where: str) -> xr.DataArray:
+    array = ds[channel.variable]
+    if channel.level is not None:
+        dim = level_dim or next(d for d in LEVEL_DIMS if d in array.dims)
+        array = array.sel({dim: channel.level})
+    if time_dim not in array.dims or array.ndim != 3:
+        raise DatasetError(f"{where}: variable {channel.variable!r} has dims {array.dims}; need "
+                           f"({time_dim}, y, x) after selecting a level")
+    spatial = [d for d in array.dims if d != time_dim]
+    return array.transpose(time_dim, *spatial)
+
+
+def _coordinate(ds: xr.Dataset, array: xr.DataArray, axis: int, names: Sequence[str]):
+    dim = array.dims[axis]
+    if dim in names and dim in ds.coords:
+        return np.asarray(ds[dim].values, dtype=np.float64)
+    return None
+
+
+@dataclass
+class Part:
+    """One time period: files, each giving some of the channels, sharing one time axis."""
+
+    files: list[tuple[str, list[Channel]]]
+
+
+def write_parts(parts: list[Part], dst: str | os.PathLike, *, channels: list[Channel],
+                split_bounds: dict[str, tuple] | None, metadata: dict, time_dim: str | None,
+                level_dim: str | None, every: int = 1, time_step=None, nan_as_gap: bool = False,
+                overwrite: bool = False, chunk_frames: int | None = None,
+                storage_options: dict | None = None,
+                opened: dict[str, xr.Dataset] | None = None) -> Dataset:
+    """Scan the parts' time axes, lay out the regular grid and splits, then stream the data.
+
+    opened: datasets the caller has open already (path -> dataset); they are closed here."""
+    # opening a GRIB file parses it: each file is opened once, closed after its part is written
+    opened = {} if opened is None else opened
+
+    def handle(path: str) -> xr.Dataset:
+        if path not in opened:
+            opened[path] = open_source(path, storage_options)
+        return opened[path]
+
+    scanned = []  # (part, time_dim, times)
+    for part in parts:
+        path = part.files[0][0]
+        ds = handle(path)
+        dim = find_dim(ds, time_dim, TIME_DIMS, "time", path)
+        if dim is None:
+            raise DatasetError(f"{path}: no time dimension among {list(TIME_DIMS)}; "
+                               f"pass --time-dim (dims: {list(ds.dims)})")
+        times = np.asarray(ds[dim].values)
+        if not (np.issubdtype(times.dtype, np.datetime64) or np.issubdtype(times.dtype, np.number)):
+            raise DatasetError(f"{path}: time coordinate {dim!r} of dtype {times.dtype}")
+        scanned.append((part, dim, times.astype("datetime64[s]") if times.dtype.kind == "M"
+                        else times.astype(np.int64)))
+    scanned.sort(key=lambda item: item[2][0])
+    all_times = np.concatenate([times for _, _, times in scanned])
+    where = f"{parts[0].files[0][0]}.."
+    native = infer_step(all_times) if time_step is None else time_step
+    step = native * every
+    origin = all_times[0]
+    keep = (all_times - origin) % step == (all_times - origin).dtype.type(0)
+    # with every > 1 only the stamps on the coarser grid are read; with every == 1 an off-grid
+    # stamp is an error raised by regular_grid
+    grid, _ = regular_grid(all_times[keep] if every > 1 else all_times, step, where)
+    splits = _splits(grid, split_bounds)
+
+    first_path, first_channels = scanned[0][0].files[0]
+    ds = handle(first_path)
+    array = _channel_array(ds, first_channels[0], scanned[0][1], level_dim, first_path)
+    height, width = array.shape[1:]
+    lat = _coordinate(ds, array, 1, LAT_NAMES)
+    lon = _coordinate(ds, array, 2, LON_NAMES)
+    units = [str(handle(path)[c.variable].attrs.get("units", ""))
+             for path, part_channels in scanned[0][0].files for c in part_channels]
+    is_datetime = grid.dtype.kind == "M"
+    layout = StoreLayout(
+        time=grid, channels=[c.name for c in channels], units=units, height=height, width=width,
+        splits=splits, metadata=metadata,
+        time_step=int(step / np.timedelta64(1, "s")) if is_datetime else int(step),
+        time_unit="s" if is_datetime else "step", lat=lat, lon=lon, chunk_frames=chunk_frames,
+    )
+    writer = create_store(dst, layout, overwrite=overwrite, storage_options=storage_options)
+    for part, dim, times in scanned:
+        rows = np.flatnonzero((times - origin) % step == (times - origin).dtype.type(0))
+        part_positions = ((times[rows] - origin) // step).astype(np.int64)
+        handles = [(handle(path), path, chs) for path, chs in part.files]
+        for ds, path, _ in handles[1:]:
+            other = np.asarray(ds[dim].values)
+            if len(other) != len(times) or np.any(other.astype(times.dtype) != times):
+                raise DatasetError(f"{path}: time axis differs from {handles[0][1]}'s")
+        for i in range(0, len(rows), BLOCK_STEPS):
+            block_rows = rows[i : i + BLOCK_STEPS]
+            pieces = []
+            for ds, path, chs in handles:
+                for channel in chs:
+                    array = _channel_array(ds, channel, dim, level_dim, path)
+                    if array.shape[1:] != (height, width):
+                        raise DatasetError(f"{path}: {channel.variable!r} grid {array.shape[1:]}"
+                                           f", expected {(height, width)}")
+                    pieces.append(array.isel({dim: _as_slice(block_rows)}).values
+                                  .astype(np.float32))
+            block = np.stack(pieces, axis=1)
+            block_positions = part_positions[i : i + BLOCK_STEPS]
+            source = f"{handles[0][1]} time rows {block_rows[0]}..{block_rows[-1]}"
+            if nan_as_gap:
+                finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)
+                block, block_positions = block[finite], block_positions[finite]
+            writer.write_at(block_positions, block, source)
+        for _, path, _ in handles:
+            opened.pop(path).close()
+    return writer.finish("zscore")
+
+
+def _as_slice(rows: np.ndarray) -> slice | np.ndarray:
+    """Evenly spaced rows as a slice: backends read a slice without a per-row gather."""
+    steps = np.unique(np.diff(rows))
+    if len(rows) == 1 or len(steps) == 1:
+        return slice(int(rows[0]), int(rows[-1]) + 1, int(steps[0]) if len(steps) else 1)
+    return rows
+
+
+def _splits(grid: np.ndarray, bounds: dict[str, tuple] | None) -> dict[str, tuple[int, int]]:
+    """[start, stop) indices from {split: (first, end_exclusive)} time bounds, or 70/15/15."""
+    n = len(grid)
+    if bounds is None:
+        return default_splits(n)
+    out = {}
+    for name, (low, high) in bounds.items():
+        low = np.asarray(low).astype(grid.dtype) if low is not None else grid[0]
+        a = int(np.searchsorted(grid, low, "left"))
+        b = n if high is None else int(np.searchsorted(grid, np.asarray(high).astype(grid.dtype),
+                                                       "left"))
+        out[name] = (a, max(a, b))
+    if out.get("train", (0, 0))[1] <= out.get("train", (0, 0))[0]:
+        raise DatasetError(f"split bounds {bounds} leave the training split empty "
+                           f"(data covers {grid[0]} .. {grid[-1]})")
+    return out
+
+
+def parse_bound(text: str | None, numeric: bool):
+    """A split date ('2016-01-01') or, for integer time axes, a number."""
+    if text is None:
+        return None
+    return np.int64(text) if numeric else np.datetime64(text, "s")
+
+
+def convert_xarray(src: str | Sequence[str], dst: str | os.PathLike, *,
+                   variables: Sequence[str], levels: Sequence[float] | None = None,
+                   time_dim: str | None = None, level_dim: str | None = None,
+                   val_start: str | None = None, test_start: str | None = None,
+                   every: int = 1, nan_as_gap: bool = False, overwrite: bool = False,
+                   chunk_frames: int | None = None, source: str = "", licence: str = "unknown",
+                   citation: str = "unknown", storage_options: dict | None = None) -> Dataset:
+    """Any data xarray opens (NetCDF, GRIB, Zarr): variables x levels become channels.
+
+    src is one file / store, a glob or a list of them (one time period each).
+
+    Splits: train before val_start, val before test_start, test after (dates, or numbers for a
+    numeric time axis); without them 70/15/15 of the steps."""
+    paths = [src] if isinstance(src, str) else list(src)
+    if len(paths) == 1 and any(ch in paths[0] for ch in "*?["):
+        paths = sorted(glob.glob(paths[0]))
+    if not paths:
+        raise DatasetError(f"{src}: matches no file")
+    ds = open_source(paths[0], storage_options)
+    channels = resolve_channels(ds, variables, levels, level_dim, paths[0])
+    dim = find_dim(ds, time_dim, TIME_DIMS, "time", paths[0])
+    numeric = dim is not None and ds[dim].dtype.kind != "M"
+    bounds = None
+    if val_start is not None or test_start is not None:
+        val, test = parse_bound(val_start, numeric), parse_bound(test_start, numeric)
+        val = test if val is None else val
+        test = val if test is None else test
+        bounds = {"train": (None, val), "val": (val, test), "test": (test, None)}
+    metadata = {
+        "converter": "xarray", "converter_version": CONVERTER_VERSION,
+        "source": source or ", ".join(os.path.basename(p) for p in paths[:5]),
+        "licence": licence, "citation": citation,
+        "variables": list(variables), "levels": [float(v) for v in levels] if levels else None,
+    }
+    return write_parts([Part([(path, channels)]) for path in paths], dst, channels=channels,
+                       split_bounds=bounds, metadata=metadata, time_dim=time_dim,
+                       level_dim=level_dim, every=every, nan_as_gap=nan_as_gap,
+                       overwrite=overwrite, chunk_frames=chunk_frames,
+                       storage_options=storage_options, opened={paths[0]: ds})

@@ -1,0 +1,126 @@
+"""The xarray converter on the real files in ../shared/data and on WeatherBench2-style Zarr."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from helpers import shared_file
+
+from simvp_ray.data import convert_xarray, validate_store, window_starts
+from simvp_ray.data.xarray_source import open_source
+
+
+def test_real_era5_grib(tmp_path):
+    path = str(shared_file("data/weatherbench/era5-2mt-2019-03-uk.grib"))
+    ds = convert_xarray(path, tmp_path / "era5.zarr", variables=["t2m"],
+                        val_start="2019-03-22", test_start="2019-03-27")
+    src = open_source(path)
+    assert ds.frames.shape == (744, 1, 33, 49) and ds.units == ["K"]
+    np.testing.assert_array_equal(ds.frames[:, 0], src["t2m"].values)
+    np.testing.assert_array_equal(ds.lat, src["latitude"].values)  # 58 -> 50, as in the file
+    assert ds.splits == {"train": (0, 504), "val": (504, 624), "test": (624, 744)}
+    assert len(window_starts(ds, "train", 12, 12)) == 504 - 23
+    assert "all chunks read" in validate_store(tmp_path / "era5.zarr")
+
+
+def test_real_packed_netcdf3_levels(tmp_path):
+    path = str(shared_file("data/weatherbench/eraint_uvz.nc"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the file's int16 variables carry a NaN _FillValue
+        ds = convert_xarray(path, tmp_path / "uvz.zarr", variables=["z", "u"], levels=[850, 200],
+                            time_dim="month", test_start="7")
+        src = xr.open_dataset(path)
+    assert ds.channels == ["z_850", "z_200", "u_850", "u_200"]
+    assert ds.time.tolist() == [1, 7] and ds.attrs["time_step"] == 6
+    assert ds.splits["train"] == (0, 1) and ds.splits["test"] == (1, 2)
+    # int16 * scale_factor + add_offset decoded in float64, stored to float32 rounding
+    expected = src["u"].sel(level=200).values.astype(np.float32)
+    np.testing.assert_array_equal(ds.frames[:, 3], expected)
+    assert ds.frames.shape[2:] == (241, 480)
+
+
+@pytest.fixture
+def wb2_store(tmp_path):
+    """A WeatherBench2-style Zarr (v2, consolidated): latitude / longitude / level, time
+    dimension `valid_time`, with two missing hours."""
+    times = pd.date_range("2020-01-01", periods=60, freq="h").delete([30, 31])
+    rng = np.random.default_rng(0)
+    ds = xr.Dataset(
+        {"temperature": (("valid_time", "level", "latitude", "longitude"),
+                         rng.standard_normal((58, 3, 4, 6)).astype(np.float32), {"units": "K"}),
+         "10m_wind_speed": (("valid_time", "latitude", "longitude"),
+                            rng.random((58, 4, 6)).astype(np.float32), {"units": "m s-1"})},
+        coords={"valid_time": times, "level": [250, 500, 850],
+                "latitude": np.linspace(-60, 60, 4), "longitude": np.arange(6) * 60.0},
+    )
+    path = tmp_path / "wb2.zarr"
+    ds.to_zarr(path, zarr_format=2, consolidated=True)  # WeatherBench2 stores are Zarr v2
+    return path, ds
+
+
+def test_weatherbench2_zarr_with_gap(wb2_store, tmp_path):
+    path, src = wb2_store
+    ds = convert_xarray(str(path), tmp_path / "out.zarr",
+                        variables=["temperature", "10m_wind_speed"], levels=[500],
+                        time_dim="valid_time", val_start="2020-01-02T12", test_start="2020-01-03")
+    assert ds.channels == ["temperature_500", "10m_wind_speed"] and ds.n_steps == 60
+    assert (~ds.valid).nonzero()[0].tolist() == [30, 31]
+    np.testing.assert_array_equal(ds.lon, src["longitude"].values)
+    kept = np.flatnonzero(ds.valid)
+    np.testing.assert_array_equal(ds.frames[:, 0][kept], src["temperature"].sel(level=500).values)
+    starts = window_starts(ds, "train", 2, 2)
+    assert ds.splits["train"] == (0, 36)
+    assert starts.tolist() == [s for s in range(33) if s + 3 < 30 or s > 31]
+
+
+def test_every_k_steps_and_nan_as_gap(wb2_store, tmp_path):
+    path, src = wb2_store
+    bad = src.copy(deep=True)
+    bad["10m_wind_speed"][5, 0, 0] = np.nan
+    bad.to_zarr(tmp_path / "nan.zarr", zarr_format=3, consolidated=False)
+    with pytest.raises(ValueError, match="NaN or inf in frame at time index 5"):
+        convert_xarray(str(tmp_path / "nan.zarr"), tmp_path / "a.zarr",
+                       variables=["10m_wind_speed"], time_dim="valid_time")
+    ds = convert_xarray(str(tmp_path / "nan.zarr"), tmp_path / "b.zarr",
+                        variables=["10m_wind_speed"], time_dim="valid_time", nan_as_gap=True)
+    assert not ds.valid[5] and ds.valid.sum() == 57
+    three = convert_xarray(str(path), tmp_path / "c.zarr", variables=["10m_wind_speed"],
+                           time_dim="valid_time", every=3)
+    assert three.attrs["time_step"] == 3 * 3600 and three.n_steps == 20
+    np.testing.assert_array_equal(three.frames[:10, 0], src["10m_wind_speed"].values[:30:3])
+
+
+def test_bad_xarray_input(wb2_store, tmp_path):
+    path, _ = wb2_store
+    with pytest.raises(ValueError, match="no variable 'q'; valid: \\['10m_wind_speed', 'temp"):
+        convert_xarray(str(path), tmp_path / "x.zarr", variables=["q"])
+    with pytest.raises(ValueError, match="no level 1000; valid: \\['250', '500', '850'\\]"):
+        convert_xarray(str(path), tmp_path / "x.zarr", variables=["temperature"], levels=[1000])
+    auto = convert_xarray(str(path), tmp_path / "y.zarr", variables=["10m_wind_speed"])
+    assert auto.n_steps == 60  # valid_time found without --time-dim
+    with pytest.raises(ValueError, match="no time dimension among"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        convert_xarray(str(shared_file("data/weatherbench/eraint_uvz.nc")), tmp_path / "x.zarr",
+                       variables=["z"])
+    with pytest.raises(ValueError, match="no time dimension 'time'"):
+        convert_xarray(str(path), tmp_path / "x.zarr", variables=["10m_wind_speed"],
+                       time_dim="time")
+    with pytest.raises(ValueError, match="no such file"):
+        convert_xarray(str(tmp_path / "absent.nc"), tmp_path / "x.zarr", variables=["t2m"])
+
+
+def test_time_stamps_going_back(tmp_path):
+    times = pd.to_datetime(["2020-01-01T00", "2020-01-01T01", "2020-01-01T01", "2020-01-01T02"])
+    ds = xr.Dataset({"t": (("time", "y", "x"), np.zeros((4, 2, 2), np.float32))},
+                    coords={"time": times})
+    ds.to_netcdf(tmp_path / "dup.nc", engine="h5netcdf")
+    with pytest.raises(ValueError, match="dup.nc.*time index 2 .* repeats or goes back in time"):
+        convert_xarray(str(tmp_path / "dup.nc"), tmp_path / "x.zarr", variables=["t"])
+    ds.assign_coords(time=times + pd.to_timedelta([0, 0, 30, 15], "min")).to_netcdf(
+        tmp_path / "off.nc", engine="h5netcdf")
+    with pytest.raises(ValueError, match="time index 3 .* is not on the 1800 seconds grid"):
+        convert_xarray(str(tmp_path / "off.nc"), tmp_path / "x.zarr", variables=["t"])

@@ -1,0 +1,135 @@
+"""A real two-node Ray cluster on 127.0.0.1 started with `ray start`, ended by pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cluster_env() -> dict[str, str]:
+    """The same explicit auth mode for every command (spec/ray.md 5.1), our venv first."""
+    env = dict(os.environ)
+    env["RAY_AUTH_MODE"] = "disabled"
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@dataclass
+class LocalCluster:
+    temp_dir: str
+    gcs_port: int = field(default_factory=free_port)
+    dashboard_port: int = field(default_factory=free_port)
+    head_raylets: set[int] = field(default_factory=set)
+    worker_raylets: set[int] = field(default_factory=set)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def ray(self, *args: str, timeout: float = 120) -> str:
+        done = subprocess.run([str(VENV_BIN / "ray"), *args], env=cluster_env(), text=True,
+                              capture_output=True, timeout=timeout)
+        if done.returncode:
+            raise RuntimeError(f"ray {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        return done.stdout + done.stderr
+
+    def start_head(self, num_cpus: int = 2) -> None:
+        before = raylet_pids()
+        self.ray("start", "--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1",
+                 f"--num-cpus={num_cpus}", "--dashboard-host=127.0.0.1",
+                 f"--dashboard-port={self.dashboard_port}", "--object-store-memory=200000000",
+                 f"--temp-dir={self.temp_dir}", "--disable-usage-stats")
+        self.head_raylets = raylet_pids() - before
+
+    def add_worker_node(self, num_cpus: int = 2) -> None:
+        before = raylet_pids()
+        self.ray("start", f"--address={self.address}", "--node-ip-address=127.0.0.1",
+                 f"--num-cpus={num_cpus}", "--object-store-memory=200000000",
+                 f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats")
+        self.worker_raylets = raylet_pids() - before
+
+    def kill_worker_node(self) -> None:
+        for pid in self.worker_raylets:
+            os.kill(pid, signal.SIGKILL)
+
+    def processes(self) -> list[psutil.Process]:
+        """Every process of this cluster: its command line names our temp dir, or it descends
+        from one that does (the worker node's raylet, workers, agents)."""
+        found = {}
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if self.temp_dir in cmdline or proc.pid in self.head_raylets | self.worker_raylets:
+                found[proc.pid] = proc
+                for child in _children(proc):
+                    found[child.pid] = child
+        found.pop(os.getpid(), None)
+        return list(found.values())
+
+    def stop(self) -> None:
+        procs = self.processes()
+        for proc in procs:
+            _signal(proc, signal.SIGTERM)
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        for proc in alive:
+            _signal(proc, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=5)
+
+
+def _children(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _signal(proc: psutil.Process, sig: int) -> None:
+    try:
+        proc.send_signal(sig)
+    except psutil.Error:
+        pass
+
+
+def raylet_pids() -> set[int]:
+    pids = set()
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if cmdline and cmdline[0].endswith("/raylet"):
+            pids.add(proc.pid)
+    return pids
+
+
+def short_temp_dir() -> str:
+    # Ray's unix socket paths must stay under ~107 characters: keep the root short.
+    return tempfile.mkdtemp(prefix="rt", dir="/tmp")
+
+
+def wait_for(predicate, timeout: float, interval: float = 1.0, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
