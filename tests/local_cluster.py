@@ -88,13 +88,23 @@ class LocalCluster:
         return list(found.values())
 
     def stop(self) -> None:
-        procs = self.processes()
-        for proc in procs:
-            _signal(proc, signal.SIGTERM)
-        _, alive = psutil.wait_procs(procs, timeout=10)
-        for proc in alive:
-            _signal(proc, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=5)
+        end_processes(self.processes())
+
+
+def processes_mentioning(text: str) -> list[psutil.Process]:
+    """Processes whose command line contains `text` (e.g. our own Ray temp dir)."""
+    return [proc for proc in psutil.process_iter(["pid", "cmdline"])
+            if proc.pid != os.getpid() and text in " ".join(proc.info["cmdline"] or [])]
+
+
+def end_processes(procs: list[psutil.Process]) -> None:
+    """SIGTERM, then SIGKILL what is left after 10 s: only the processes given."""
+    for proc in procs:
+        _signal(proc, signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for proc in alive:
+        _signal(proc, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=5)
 
 
 def _children(proc: psutil.Process) -> list[psutil.Process]:

@@ -8,8 +8,11 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def local_ray():
-    """ray.init on this machine (4 logical CPUs on 2 cores leave room for Ray Data tasks)."""
+def local_ray(s3_endpoint):
+    """ray.init on this machine (4 logical CPUs on 2 cores leave room for Ray Data tasks).
+
+    Started after the local S3 server so that Ray's workers inherit its AWS_* variables.
+    """
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
