@@ -16,6 +16,7 @@ from simvp_ray.config import (
     ExperimentConfig,
     ModelConfig,
     OptimConfig,
+    ScalingConfig,
     TrainConfig,
     override,
 )
@@ -115,6 +116,8 @@ def demo() -> ExperimentConfig:
         data=DataConfig(url="", batch_size=16, val_batch_size=32),
         optim=OptimConfig(lr=3e-3, schedule="onecycle"),
         train=TrainConfig(epochs=6, seed=0),
+        # Ray gives a worker floor(CPUs) torch threads: both cores of a 2-core laptop
+        scaling=ScalingConfig(num_workers=1, cpus_per_worker=2.0),
     )
 
 

@@ -29,7 +29,8 @@ from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from simvp_ray.config import DataConfig, ModelConfig
-from simvp_ray.data.batches import read_windows
+from simvp_ray.data.batches import channel_indices, read_windows
+from simvp_ray.data.schema import DatasetError
 from simvp_ray.data.store import Dataset, open_dataset
 from simvp_ray.data.windows import window_offsets, window_starts
 
@@ -59,8 +60,11 @@ def read_groups(starts: np.ndarray, chunk_frames: int, windows_per_read: int) ->
 class ZarrWindowDatasource(Datasource):
     """Every valid window of one split of a store, one read task per chunk-aligned group."""
 
-    def __init__(self, url: str, split: str, data: DataConfig, model: ModelConfig):
-        dataset = open_dataset(url)
+    def __init__(self, url: str, split: str, data: DataConfig, model: ModelConfig,
+                 dataset: Dataset | None = None):
+        # `dataset` (already opened by the caller) saves a round of metadata reads on S3; it is
+        # not kept, so the datasource pickles small and each read task opens the store itself.
+        dataset = dataset or open_dataset(url)
         self.url = url
         self.split = split
         self.window = _window_spec(data, model)
@@ -117,18 +121,34 @@ def build_ray_datasets(data_config: DataConfig, model_config: ModelConfig,
                        seed: int = 0) -> dict[str, ray.data.Dataset]:
     """{"train", "val", "test"} Ray Datasets of rows {"x": (T_in, C, H, W), "y": (T_out, ...)}.
 
-    Normalised with the store's training statistics. Splits the store lacks are left out; the
-    training set's block order is randomised from `seed`.
+    Normalised with the store's training statistics (`simvp_ray.data.denormalize` with the
+    store's `stats` gives physical units back). The model config is an argument because the
+    window length (T_in + T_out) is the model's, not the data's, and is configured once; the
+    training set's block order is randomised from `seed`. Splits the store lacks are left out.
+    Raises ValueError (DatasetError) before anything runs on the cluster for a bad window,
+    frame offsets, unknown channels, or a split of the store that holds no valid window.
     """
-    window_offsets(model_config.in_frames, model_config.out_frames, data_config.frame_step,
-                   list(data_config.frame_offsets) or None)  # validates the window early
+    window = _window_spec(data_config, model_config)
+    steps = window_offsets(model_config.in_frames, model_config.out_frames,
+                           data_config.frame_step, window["offsets"])
     dataset = open_dataset(data_config.url)
+    channel_indices(dataset, list(data_config.channels) or None)
     datasets = {}
     for split in SPLITS:
         if split not in dataset.splits:
             continue
-        source = ZarrWindowDatasource(data_config.url, split, data_config, model_config)
-        ds = ray.data.read_datasource(source, override_num_blocks=max(len(source.groups), 1))
+        source = ZarrWindowDatasource(data_config.url, split, data_config, model_config,
+                                      dataset)
+        if source.num_windows == 0:
+            a, b = dataset.split_range(split)
+            raise DatasetError(
+                f"{dataset.url}: split {split!r} (steps [{a}, {b}), "
+                f"{int(dataset.valid[a:b].sum())} valid) has no valid window of {len(steps)} "
+                f"frames spanning {int(steps[-1]) + 1} steps (model.in_frames="
+                f"{model_config.in_frames}, model.out_frames={model_config.out_frames}, "
+                f"data.frame_step={data_config.frame_step}, data.window_stride="
+                f"{data_config.window_stride})")
+        ds = ray.data.read_datasource(source, override_num_blocks=len(source.groups))
         shuffled = split == "train" and data_config.shuffle
         datasets[split] = ds.randomize_block_order(seed=seed) if shuffled else ds
     return datasets

@@ -180,9 +180,7 @@ def run_experiment(config: ExperimentConfig, *, storage: str = "runs",
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=config.train.keep_checkpoints,
                 checkpoint_score_attribute="val/mse", checkpoint_score_order="min"),
-            failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
-            # our per-epoch line says what matters; Ray's INFO lines repeat every metric
-            logging_config=ray.train.LoggingConfig(log_level="WARNING")),
+            failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures)),
     )
     result = trainer.fit()
     summary = summarize(result, config, storage, name, wall_time=time.time() - start)

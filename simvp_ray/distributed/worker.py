@@ -6,6 +6,7 @@ Runs on every worker. Ray specifics stop here: dataset shards become batch itera
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ def _resume_payload() -> dict[str, Any] | None:
 def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     """`train_loop_per_worker` of the TorchTrainer; `loop_config` comes from `trainer.py`."""
     config = from_dict(ExperimentConfig, loop_config["config"])
+    # Ray Train logs every report with all its metrics at INFO; our epoch line is enough
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     batch = per_worker_batch_size(config.data.batch_size, world)
@@ -56,7 +59,8 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
         steps_per_epoch = min(steps_per_epoch, config.train.max_steps_per_epoch)
     device = ray.train.torch.get_device()
     print(f"worker rank {rank}/{world} on node {ray.get_runtime_context().get_node_id()}, "
-          f"device {device}, per-worker batch {batch}", flush=True)
+          f"device {device}, {torch.get_num_threads()} threads, per-worker batch {batch}",
+          flush=True)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
 
