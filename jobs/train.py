@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from simvp_ray.config import override
-from simvp_ray.distributed.trainer import run_experiment
+from simvp_ray.distributed.trainer import TrainingStopped, run_experiment
 from simvp_ray.presets import get_preset
 from simvp_ray.reporting import format_summary
 
@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingStopped as error:
+        print(f"training stopped: {error}", file=sys.stderr)
+        return 3
     print(format_summary(summary))
     return 0
 

@@ -25,11 +25,11 @@ from ray.train.torch import TorchTrainer
 
 from simvp_ray.analysis.panels import plot_forecast_panel
 from simvp_ray.analysis.tensorboard import write_tensorboard
-from simvp_ray.config import ExperimentConfig, override, to_dict
+from simvp_ray.config import ExperimentConfig, from_dict, override, to_dict
 from simvp_ray.data import open_dataset, read_windows, window_starts
 from simvp_ray.data.ray_data import build_ray_datasets, count_split_windows
 from simvp_ray.data.synthetic import write_synthetic
-from simvp_ray.distributed.worker import train_worker
+from simvp_ray.distributed.worker import STOPPED, train_worker
 from simvp_ray.train.checkpoint import load_checkpoint
 from simvp_ray.train.inference import model_from_checkpoint, predict_numpy
 
@@ -79,6 +79,35 @@ def run_exists(storage: str, name: str) -> bool:
     fs, root = storage_filesystem(storage)
     info = fs.get_file_info(f"{root}/{name}")
     return info.type != pyarrow.fs.FileType.NotFound
+
+
+def check_storage_writable(storage: str) -> None:
+    """Fail before any work when the run could not save its checkpoints."""
+    try:
+        fs, root = storage_filesystem(storage)
+        fs.create_dir(root, recursive=True)
+        probe = f"{root}/.simvp_write_probe_{uuid.uuid4().hex}"
+        with fs.open_output_stream(probe) as stream:
+            stream.write(b"ok")
+        fs.delete_file(probe)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot write to storage {storage!r}: {error}") from error
+
+
+def check_resume_config(storage: str, name: str, config: ExperimentConfig) -> None:
+    """A run resumes only with the model it was started with."""
+    fs, root = storage_filesystem(storage)
+    selector = pyarrow.fs.FileSelector(f"{root}/{name}")
+    folders = sorted(info.path for info in fs.get_file_info(selector)
+                     if info.type == pyarrow.fs.FileType.Directory
+                     and info.base_name.startswith("checkpoint_"))
+    if not folders:
+        return  # stopped before its first checkpoint: Ray starts it from scratch
+    with fs.open_input_stream(f"{folders[-1]}/config.json") as stream:
+        saved = from_dict(ExperimentConfig, json.loads(stream.read()))
+    if saved.model != config.model:
+        raise ValueError(f"cannot resume {name!r}: its checkpoints hold a different model "
+                         f"({saved.model}) than this run's ({config.model})")
 
 
 def ensure_ray(num_cpus_needed: float) -> None:
@@ -151,6 +180,9 @@ def run_experiment(config: ExperimentConfig, *, storage: str = "runs",
                          "continue it, or choose another --name (nothing was overwritten)")
     if resume and not exists:
         raise ValueError(f"cannot resume: no run {name!r} under {storage}")
+    check_storage_writable(storage)
+    if resume:
+        check_resume_config(storage, name, config)
     config = resolve_data(config)
     scaling = config.scaling
     ensure_ray(scaling.num_workers * scaling.cpus_per_worker)
@@ -159,12 +191,16 @@ def run_experiment(config: ExperimentConfig, *, storage: str = "runs",
     datasets = build_ray_datasets(config.data, config.model, seed=config.train.seed)
     if "val" not in datasets:
         raise ValueError(f"the store {config.data.url} has no val split")
-    stats = open_dataset(config.data.url).stats
+    dataset = open_dataset(config.data.url)
+    names = list(config.data.channels) or dataset.channels
+    picked = [dataset.channels.index(name) for name in names]
     loop_config = {
         "config": to_dict(config),
         "num_train_windows": count_split_windows(config.data, config.model, "train"),
-        "mean": stats.offset.tolist(),
-        "std": stats.scale.tolist(),
+        "mean": dataset.stats.offset[picked].tolist(),
+        "std": dataset.stats.scale[picked].tolist(),
+        "channel_names": names,
+        "lat": None if dataset.lat is None else dataset.lat.tolist(),
     }
     # order-preserving execution: the same seed gives the same batches (exact resume)
     ordered = ExecutionOptions(preserve_order=True)
@@ -244,10 +280,18 @@ def read_history(checkpoint: ray.train.Checkpoint) -> list[dict[str, float]]:
         return json.loads((Path(folder) / "history.json").read_text())
 
 
+class TrainingStopped(RuntimeError):
+    """Training stopped itself (a non-finite loss); its checkpoints are kept."""
+
+
 def summarize(result: ray.train.Result, config: ExperimentConfig, storage: str, name: str,
               wall_time: float) -> dict[str, Any]:
     if result.error is not None:
         raise result.error
+    if isinstance(result.return_value, dict) and STOPPED in result.return_value:
+        kept = f"; checkpoints kept under {_url(storage, result.path)}" if result.checkpoint \
+            else ""
+        raise TrainingStopped(result.return_value[STOPPED] + kept)
     history = read_history(result.checkpoint)
     final = history[-1]
     best = min(history, key=lambda row: row["val/mse"])

@@ -20,7 +20,9 @@ import torch.distributed as dist
 from simvp_ray.config import ExperimentConfig, from_dict
 from simvp_ray.data.ray_data import iter_rank_batches
 from simvp_ray.train.checkpoint import load_checkpoint
-from simvp_ray.train.loop import Runtime, run_training
+from simvp_ray.train.loop import NonFiniteLossError, Runtime, run_training
+
+STOPPED = "stopped"  # key of the return value when training stopped on a non-finite loss
 
 
 def per_worker_batch_size(global_batch: int, world_size: int) -> int:
@@ -86,8 +88,14 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
             train_batches=train_batches, val_batches=val_batches,
             steps_per_epoch=steps_per_epoch, checkpoint_dir=Path(checkpoint_dir),
             report=report, device=device, mean=np.asarray(loop_config["mean"]),
-            std=np.asarray(loop_config["std"]), channel_names=None, rank=rank,
+            std=np.asarray(loop_config["std"]), channel_names=loop_config["channel_names"],
+            latitudes=None if loop_config["lat"] is None else np.asarray(loop_config["lat"]),
+            rank=rank,
             world_size=world,
             wrap_model=lambda model: ray.train.torch.prepare_model(model, move_to_device=False),
             all_reduce=_all_reduce_sum, resume=_resume_payload())
-        return run_training(config, runtime)
+        try:
+            return run_training(config, runtime)
+        except NonFiniteLossError as error:
+            # a clean return, not a crash: Ray would restart the workers into the same NaN
+            return {STOPPED: str(error)}

@@ -23,7 +23,7 @@ from simvp_ray.models import build_model, to_openstl_state_dict
 from simvp_ray.models.openstl import load_checked
 from simvp_ray.train.checkpoint import save_checkpoint, set_rng_state
 from simvp_ray.train.losses import build_loss
-from simvp_ray.train.metrics import MetricAccumulator, persistence_forecast
+from simvp_ray.train.metrics import MetricAccumulator, latitude_weights, persistence_forecast
 from simvp_ray.train.optim import build_optimizer, build_scheduler
 from simvp_ray.train.performance import (
     SpeedOptions,
@@ -36,7 +36,7 @@ from simvp_ray.train.performance import (
 Batch = Mapping[str, Any]  # {"x": (B, T_in, C, H, W), "y": (B, T_out, C, H, W)} arrays/tensors
 # The headline keys reported each epoch; per-lead-time keys are reported for these too.
 HEADLINE = ("mse", "mae", "rmse", "ssim", "psnr", "mse_phys", "mae_phys", "rmse_phys",
-            "mse_frame_sum", "mae_frame_sum")
+            "mse_frame_sum", "mae_frame_sum", "wrmse", "wrmse_phys")
 
 
 def _no_op_reduce(tensor: torch.Tensor) -> None:
@@ -56,6 +56,7 @@ class Runtime:
     mean: np.ndarray | None = None  # per-channel normalisation, for metrics in physical units
     std: np.ndarray | None = None
     channel_names: list[str] | None = None
+    latitudes: np.ndarray | None = None  # (H,) degrees: latitude-weighted RMSE (WeatherBench)
     rank: int = 0
     world_size: int = 1
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model  # e.g. DDP
@@ -82,9 +83,11 @@ def evaluate(model: torch.nn.Module, batches: Iterable[Batch], runtime: Runtime,
              options: SpeedOptions, out_frames: int, channels: int) -> dict[str, float]:
     """Validation metrics of the model and of persistence, reduced exactly over workers."""
     model.eval()
+    lat_weights = None if runtime.latitudes is None else latitude_weights(runtime.latitudes)
     accumulators = {
         name: MetricAccumulator(out_frames, channels, mean=runtime.mean, std=runtime.std,
-                                channel_names=runtime.channel_names, device=runtime.device)
+                                channel_names=runtime.channel_names, lat_weights=lat_weights,
+                                device=runtime.device)
         for name in ("val", "val_persistence")
     }
     with torch.no_grad():
@@ -144,10 +147,14 @@ def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]
             with autocast(options, runtime.device):
                 pred = model(x)
             loss = loss_fn(pred.float(), y)
-            if not torch.isfinite(loss):
+            # every worker must stop at the same step (a lone raise would hang DDP's all-reduce)
+            non_finite = (~torch.isfinite(loss.detach())).double().reshape(1)
+            runtime.all_reduce(non_finite)
+            if non_finite.item() > 0:
                 raise NonFiniteLossError(
-                    f"loss is {loss.item()} at epoch {epoch} step {step} (global step "
-                    f"{global_step}); stopped, earlier checkpoints are kept")
+                    f"loss is {loss.item()} on this worker at epoch {epoch} step {step} "
+                    f"(global step {global_step}); training stopped, earlier checkpoints are "
+                    "kept")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.optim.grad_clip > 0:

@@ -45,6 +45,19 @@ def test_train_job_writes_result_and_checkpoints(local_ray, small_store, tmp_pat
     # a second launch under the same name must not silently resume or overwrite
     assert load_job("train").main(args) == 2
     assert "already exists" in capsys.readouterr().err
+    other_model = ["--set", f"data.url={small_store}", *SMALL, "model.translator=incepu",
+                   "--storage", str(tmp_path), "--name", "run1", "--resume"]
+    assert load_job("train").main(other_model) == 2
+    assert "cannot resume 'run1': its checkpoints hold a different model" in (
+        capsys.readouterr().err)
+
+
+def test_non_finite_loss_stops_without_retries(local_ray, small_store, tmp_path, capsys):
+    args = ["--set", f"data.url={small_store}", *SMALL, "optim.lr=1e12",
+            "optim.schedule=constant", "--storage", str(tmp_path), "--name", "nan"]
+    assert load_job("train").main(args) == 3
+    err = capsys.readouterr().err
+    assert "training stopped: loss is" in err and "at epoch 0 step" in err
 
 
 def test_ray_path_equals_plain_pytorch_loop(local_ray, small_store, tmp_path):
@@ -84,11 +97,14 @@ def test_ray_path_equals_plain_pytorch_loop(local_ray, small_store, tmp_path):
     (["--set", "train.epochs=two"], "train.epochs: expected int"),
     (["--set", "model.channels=3"], "holds frames of 2 channels x 32 x 32 but the model "
                                     "expects 3 x 32 x 32"),
-    (["--num-workers", "64"], "cannot place the training workers: 64 workers x 1 CPU"),
+    (["--num-workers", "64"], "cannot place the training workers: 64 workers x 2 CPU need 128"),
     (["--name", "missing", "--resume"], "cannot resume: no run 'missing'"),
+    (["--storage", "/proc/simvp_runs"], "cannot write to storage '/proc/simvp_runs'"),
 ])
 def test_bad_input_is_a_clear_error(local_ray, small_store, tmp_path, capsys, args, message):
     full = ["--set", f"data.url={small_store}", "--storage", str(tmp_path), *args]
+    if "--storage" in args:  # the last --storage wins
+        full = ["--set", f"data.url={small_store}", *args]
     if "--set" in args:  # merge the two --set lists
         full = ["--set", f"data.url={small_store}", *args[1:], "--storage", str(tmp_path)]
     assert load_job("train").main(full) == 2

@@ -64,6 +64,15 @@ def test_training_beats_persistence_and_reports_every_epoch(tmp_path):
     assert final["train/samples"] == 64
 
 
+def test_latitude_weighted_rmse_per_named_channel(tmp_path):
+    runtime = make_runtime(tmp_path, [])
+    runtime.channel_names = ["wave"]
+    runtime.latitudes = np.linspace(-84.375, 84.375, 16)
+    final = run_training(tiny_config(epochs=1), runtime)
+    assert {"val/wrmse/wave", "val/wrmse_phys/wave", "val/mse/wave"} <= final.keys()
+    assert final["val/wrmse_phys/wave"] == pytest.approx(2 * final["val/wrmse/wave"])
+
+
 def test_checkpoint_every_k_epochs_and_at_the_end(tmp_path):
     reports = []
     config = override(tiny_config(epochs=3), {"train.checkpoint_every": 2})
