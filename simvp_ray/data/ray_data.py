@@ -1,18 +1,22 @@
 """Ray Datasets of (input, target) windows read from a Zarr store: the one Ray Data module.
 
-Each read task owns the valid window starts of a run of whole Zarr chunks; it reads its time
-span once (plus the halo of the last window, T_in + T_out - 1 frames times the frame step) and
-cuts every window in memory (`simvp_ray.data.read_windows`), so a frame is read about once per
+Each read task owns the valid window starts of a run of at least READ_CHUNKS whole Zarr chunks;
+it reads its time span once (plus the halo of the last window, T_in + T_out - 1 frames times the
+frame step: one more chunk), normalises it once and cuts its windows in memory, emitting blocks
+of about `windows_per_read` windows. A frame is thus read at most 1 + 1 / READ_CHUNKS times per
 epoch instead of T_in + T_out times. `ray.data.read_zarr` cannot do this (zarr 3 unsupported,
 row- not window-based).
 
-Shuffling (training): block order is randomised once from the seed
-(`randomize_block_order`), and each epoch's batches come from a local shuffle buffer seeded
-with seed + epoch. Scattering single-window reads instead (a global `random_shuffle` of window
-ids before reading) is 7x slower from local disk and 25x slower from S3 (spec/ray.md 3.4:
-780 vs 5,800 windows/s local, 110 vs 2,900 on S3), and a per-execution reseeded block order is
-not reproducible after a restart. With order-preserving execution the same seed gives the same
-batches on every run, which makes a resumed run equal an uninterrupted one.
+Shuffling (training): the read tasks run in an order drawn once from the seed, and each epoch's
+batches come from a local shuffle buffer seeded with seed + epoch. The task order is shuffled
+inside the datasource because `Dataset.randomize_block_order` is an all-to-all barrier in Ray
+2.60: it waits until every block of the split is read, i.e. it materialises the whole training
+split as windows (8x / 24x the frames for TaxiBJ / WeatherBench t2m) before the first batch.
+Scattering single-window reads instead (a global `random_shuffle` of window ids) is 7x slower
+from local disk and 25x slower from S3 (spec/ray.md 3.4: 780 vs 5,800 windows/s local, 110 vs
+2,900 on S3). With order-preserving execution the same seed gives the same batches on every
+run, which makes a resumed run equal an uninterrupted one. benchmarks/data_pipeline.md has the
+throughput of each path.
 
 Validation and test are not shuffled and not split by Ray Train: each worker takes every
 world_size-th batch of the same ordered stream (`iter_rank_batches`), so every window is
@@ -29,12 +33,15 @@ from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from simvp_ray.config import DataConfig, ModelConfig
-from simvp_ray.data.batches import channel_indices, read_windows
+from simvp_ray.data.batches import channel_indices, read_spans
 from simvp_ray.data.schema import DatasetError
 from simvp_ray.data.store import Dataset, open_dataset
 from simvp_ray.data.windows import window_offsets, window_starts
 
 SPLITS = ("train", "val", "test")
+# chunks a read task spans at least: it reads its span's last chunk again for the halo (the
+# next task's first), so a frame is read 1 + 1 / READ_CHUNKS times per epoch at most
+READ_CHUNKS = 8
 
 
 def _window_spec(data: DataConfig, model: ModelConfig) -> dict:
@@ -42,26 +49,30 @@ def _window_spec(data: DataConfig, model: ModelConfig) -> dict:
             "frame_step": data.frame_step, "offsets": list(data.frame_offsets) or None}
 
 
-def read_groups(starts: np.ndarray, chunk_frames: int, windows_per_read: int) -> list[np.ndarray]:
-    """Split sorted starts at chunk boundaries into groups of about `windows_per_read`."""
+def read_groups(starts: np.ndarray, chunk_frames: int, windows_per_read: int,
+                min_chunks: int = 1) -> list[np.ndarray]:
+    """Split sorted starts at chunk boundaries into groups of about `windows_per_read` starts
+    that begin in at least `min_chunks` chunks."""
     if len(starts) == 0:
         return []
-    groups, current = [], []
+    groups, current, rows = [], [], 0
     for block in np.split(starts, np.flatnonzero(np.diff(starts // chunk_frames)) + 1):
         current.append(block)
-        if sum(len(b) for b in current) >= windows_per_read:
+        rows += len(block)
+        if rows >= windows_per_read and len(current) >= min_chunks:
             groups.append(np.concatenate(current))
-            current = []
+            current, rows = [], 0
     if current:
         groups.append(np.concatenate(current))
     return groups
 
 
 class ZarrWindowDatasource(Datasource):
-    """Every valid window of one split of a store, one read task per chunk-aligned group."""
+    """Every valid window of one split of a store: one read task per run of READ_CHUNKS chunks,
+    which reads its span once and emits blocks of about `windows_per_read` windows."""
 
     def __init__(self, url: str, split: str, data: DataConfig, model: ModelConfig,
-                 dataset: Dataset | None = None):
+                 dataset: Dataset | None = None, shuffle_seed: int | None = None):
         # `dataset` (already opened by the caller) saves a round of metadata reads on S3; it is
         # not kept, so the datasource pickles small and each read task opens the store itself.
         dataset = dataset or open_dataset(url)
@@ -71,7 +82,14 @@ class ZarrWindowDatasource(Datasource):
         self.channels = list(data.channels) or None
         starts = window_starts(dataset, split, model.in_frames, model.out_frames,
                                data.frame_step, data.window_stride, self.window["offsets"])
-        self.groups = read_groups(starts, dataset.chunk_frames, data.windows_per_read)
+        self.groups = read_groups(starts, dataset.chunk_frames, data.windows_per_read,
+                                  READ_CHUNKS)
+        if shuffle_seed is not None:
+            # the block-order shuffle, streamed: tasks run (and, order-preserving, arrive) in a
+            # seeded order; Dataset.randomize_block_order would wait for every block first
+            order = np.random.default_rng(shuffle_seed).permutation(len(self.groups))
+            self.groups = [self.groups[i] for i in order]
+        self.windows_per_block = data.windows_per_read
         num_channels = len(self.channels) if self.channels else dataset.frames.shape[1]
         frames = model.in_frames + model.out_frames
         self.window_bytes = 4 * frames * num_channels * int(np.prod(dataset.frames.shape[2:]))
@@ -96,13 +114,23 @@ class ZarrWindowDatasource(Datasource):
 
     def _reader(self, starts: np.ndarray):
         url, window, channels = self.url, self.window, self.channels
+        per_block = self.windows_per_block
 
         def read() -> Iterator:
             dataset = _open_cached(url)
-            batch = read_windows(dataset, starts, window["in_frames"], window["out_frames"],
-                                 window["frame_step"], offsets=window["offsets"],
-                                 channels=channels)
-            yield BlockAccessor.batch_to_block(batch)
+            steps = window_offsets(window["in_frames"], window["out_frames"],
+                                   window["frame_step"], window["offsets"])
+            picked = channel_indices(dataset, channels)
+            # (first step, normalised frames, member indices) per contiguous span, read once
+            spans = read_spans(dataset, starts, int(steps[-1]) + 1, picked)
+            for lo in range(0, len(starts), per_block):
+                hi = min(lo + per_block, len(starts))
+                pieces = [frames[(starts[members[(members >= lo) & (members < hi)]] - a)[:, None]
+                                 + steps[None, :]]
+                          for a, frames, members in spans]  # (n, T_in + T_out, C, H, W) each
+                windows = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+                yield BlockAccessor.batch_to_block({"x": windows[:, :window["in_frames"]],
+                                                    "y": windows[:, window["in_frames"]:]})
 
         return read
 
@@ -137,8 +165,9 @@ def build_ray_datasets(data_config: DataConfig, model_config: ModelConfig,
     for split in SPLITS:
         if split not in dataset.splits:
             continue
+        shuffled = split == "train" and data_config.shuffle
         source = ZarrWindowDatasource(data_config.url, split, data_config, model_config,
-                                      dataset)
+                                      dataset, shuffle_seed=seed if shuffled else None)
         if source.num_windows == 0:
             a, b = dataset.split_range(split)
             raise DatasetError(
@@ -148,9 +177,8 @@ def build_ray_datasets(data_config: DataConfig, model_config: ModelConfig,
                 f"{model_config.in_frames}, model.out_frames={model_config.out_frames}, "
                 f"data.frame_step={data_config.frame_step}, data.window_stride="
                 f"{data_config.window_stride})")
-        ds = ray.data.read_datasource(source, override_num_blocks=len(source.groups))
-        shuffled = split == "train" and data_config.shuffle
-        datasets[split] = ds.randomize_block_order(seed=seed) if shuffled else ds
+        datasets[split] = ray.data.read_datasource(source,
+                                                   override_num_blocks=len(source.groups))
     return datasets
 
 

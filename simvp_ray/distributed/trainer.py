@@ -216,7 +216,9 @@ def run_experiment(config: ExperimentConfig, *, storage: str = "runs",
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=config.train.keep_checkpoints,
                 checkpoint_score_attribute="val/mse", checkpoint_score_order="min"),
-            failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures)),
+            failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
+            # Train's print patch sends each print to the console twice (logger + stream)
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
     )
     result = trainer.fit()
     summary = summarize(result, config, storage, name, wall_time=time.time() - start)

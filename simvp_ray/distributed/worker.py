@@ -51,7 +51,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     """`train_loop_per_worker` of the TorchTrainer; `loop_config` comes from `trainer.py`."""
     config = from_dict(ExperimentConfig, loop_config["config"])
     # Ray Train logs every report with all its metrics at INFO; our epoch line is enough
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     batch = per_worker_batch_size(config.data.batch_size, world)
@@ -80,6 +80,8 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
 
     def report(metrics: dict[str, float], folder: Path | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
+        # Ray keeps the headline numbers; every metric is in the checkpoint's history.json
+        metrics = {key: value for key, value in metrics.items() if key.count("/") <= 1}
         # every rank reports (it is a barrier); the upload is synchronous, then the local copy goes
         ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
 
@@ -93,7 +95,8 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
             rank=rank,
             world_size=world,
             wrap_model=lambda model: ray.train.torch.prepare_model(model, move_to_device=False),
-            all_reduce=_all_reduce_sum, resume=_resume_payload())
+            all_reduce=_all_reduce_sum, resume=_resume_payload(),
+            log=lambda line: print(line, flush=True))  # worker stdout is a file: flush
         try:
             return run_training(config, runtime)
         except NonFiniteLossError as error:

@@ -109,3 +109,14 @@ def test_bad_input_is_a_clear_error(local_ray, small_store, tmp_path, capsys, ar
         full = ["--set", f"data.url={small_store}", *args[1:], "--storage", str(tmp_path)]
     assert load_job("train").main(full) == 2
     assert message in capsys.readouterr().err
+
+
+def test_elastic_worker_range_becomes_a_ray_scaling_range():
+    from simvp_ray.distributed.trainer import scaling_config
+
+    parse = load_job("train").parse_workers
+    elastic = override(get_preset("demo"), parse("1-3"))
+    assert scaling_config(elastic).num_workers == (1, 3)
+    fixed = override(get_preset("demo"), parse("2"))
+    assert scaling_config(fixed).num_workers == 2
+    assert scaling_config(fixed).placement_strategy == "SPREAD"
