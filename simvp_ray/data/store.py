@@ -148,7 +148,8 @@ def open_dataset(source: StoreSource, storage_options: dict | None = None) -> Da
     check_layout(group, where)
     attrs = dict(group.attrs)
     if not attrs["complete"]:
-        raise DatasetError(f"{where}: the store is incomplete (interrupted conversion); re-run it")
+        raise DatasetError(f"{where}: incomplete store (the conversion was interrupted); "
+                           "re-run the same prepare_data command to complete it")
     members = set(group.array_keys())
     return Dataset(
         url=where,

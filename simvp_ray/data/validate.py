@@ -9,7 +9,7 @@ import numpy as np
 
 from simvp_ray.data import schema
 from simvp_ray.data.schema import DatasetError
-from simvp_ray.data.store import StoreSource, check_layout, describe, open_group, store_exists
+from simvp_ray.data.store import StoreSource, open_dataset
 
 
 def gap_runs(valid: np.ndarray) -> list[tuple[int, int]]:
@@ -38,18 +38,9 @@ def _check_chunks(frames, valid: np.ndarray, where: str) -> None:
 def validate_store(source: StoreSource, *, check_data: bool = True,
                    storage_options: dict | None = None) -> str:
     """Validate a store; return a multi-line summary, or raise DatasetError on a problem."""
-    where = describe(source)
-    if not store_exists(source, storage_options):
-        raise DatasetError(f"{where}: no Zarr store there")
-    group = open_group(source, "r", storage_options)
-    check_layout(group, where)
-    attrs = dict(group.attrs)
-    if not attrs["complete"]:
-        raise DatasetError(f"{where}: incomplete store (the conversion was interrupted); "
-                           "re-run the same prepare_data command to complete it")
-    frames = group[schema.FRAMES]
-    valid = np.asarray(group[schema.VALID][:], dtype=bool)
-    time = group[schema.TIME][:]
+    dataset = open_dataset(source, storage_options)
+    where, attrs = dataset.url, dataset.attrs
+    frames, valid, time = dataset.frames, dataset.valid, dataset.time
     if not np.all(np.diff(time.astype(np.int64)) > 0):
         raise DatasetError(f"{where}/{schema.TIME}: not strictly increasing")
     stats = attrs["normalization"]
