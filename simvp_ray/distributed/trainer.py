@@ -2,7 +2,8 @@
 
 `run_experiment(config, storage=..., name=...)` connects to (or starts) Ray, streams the
 store through Ray Data, trains with `worker.train_worker` on every worker, and writes
-`<storage>/<name>/result.json`.
+`<storage>/<name>/result.json`. `build_trainer` is the one place a TorchTrainer is built: the
+Tune trials of `tune.py` fit the same trainer.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +124,9 @@ def ensure_ray(num_cpus_needed: float) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return
+    # Ray Data logs a line per dataset execution (two per epoch) at INFO in every process
+    # that runs one; the local cluster's processes inherit this environment
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     # logical CPUs beyond the cores leave room for Ray Data's read tasks (spec/ray.md 3.4)
     # the dashboard (on 127.0.0.1) serves the State API that Train's controller polls
     ray.init(num_cpus=max(os.cpu_count() or 1, int(num_cpus_needed) + 2),
@@ -169,6 +174,47 @@ def scaling_config(config: ExperimentConfig) -> ray.train.ScalingConfig:
         placement_strategy="SPREAD" if scaling.num_workers > 1 else "PACK")
 
 
+def build_trainer(config: ExperimentConfig, *, storage: str, name: str,
+                  callbacks: Sequence[ray.train.UserCallback] = ()) -> TorchTrainer:
+    """The TorchTrainer of one run (`config` resolved, Ray connected): Ray Data streams of the
+    store, `train_worker` on every worker, checkpoints under `<storage>/<name>`. A run name
+    that exists in storage resumes from its latest checkpoint (Train V2's behaviour)."""
+    quiet_ray_data()
+    datasets = build_ray_datasets(config.data, config.model, seed=config.train.seed)
+    if "val" not in datasets:
+        raise ValueError(f"the store {config.data.url} has no val split")
+    dataset = open_dataset(config.data.url)
+    names = list(config.data.channels) or dataset.channels
+    picked = [dataset.channels.index(name) for name in names]
+    loop_config = {
+        "config": to_dict(config),
+        "num_train_windows": count_split_windows(config.data, config.model, "train"),
+        "mean": dataset.stats.offset[picked].tolist(),
+        "std": dataset.stats.scale[picked].tolist(),
+        "channel_names": names,
+        "lat": None if dataset.lat is None else dataset.lat.tolist(),
+    }
+    # order-preserving execution: the same seed gives the same batches (exact resume)
+    ordered = ExecutionOptions(preserve_order=True)
+    return TorchTrainer(
+        train_worker,
+        train_loop_config=loop_config,
+        scaling_config=scaling_config(config),
+        datasets={"train": datasets["train"], "val": datasets["val"]},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
+                                            execution_options=ordered),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=_ray_storage(storage),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=config.train.keep_checkpoints,
+                checkpoint_score_attribute="val/mse", checkpoint_score_order="min"),
+            failure_config=ray.train.FailureConfig(max_failures=config.scaling.max_failures),
+            # Train's print patch sends each print to the console twice (logger + stream)
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+            callbacks=list(callbacks)),
+    )
+
+
 def run_experiment(config: ExperimentConfig, *, storage: str = "runs",
                    name: str | None = None, resume: bool = False) -> dict[str, Any]:
     """Train `config` on Ray; returns the content of `<storage>/<name>/result.json`."""
@@ -187,39 +233,7 @@ def run_experiment(config: ExperimentConfig, *, storage: str = "runs",
     scaling = config.scaling
     ensure_ray(scaling.num_workers * scaling.cpus_per_worker)
     check_resources(config)
-    quiet_ray_data()
-    datasets = build_ray_datasets(config.data, config.model, seed=config.train.seed)
-    if "val" not in datasets:
-        raise ValueError(f"the store {config.data.url} has no val split")
-    dataset = open_dataset(config.data.url)
-    names = list(config.data.channels) or dataset.channels
-    picked = [dataset.channels.index(name) for name in names]
-    loop_config = {
-        "config": to_dict(config),
-        "num_train_windows": count_split_windows(config.data, config.model, "train"),
-        "mean": dataset.stats.offset[picked].tolist(),
-        "std": dataset.stats.scale[picked].tolist(),
-        "channel_names": names,
-        "lat": None if dataset.lat is None else dataset.lat.tolist(),
-    }
-    # order-preserving execution: the same seed gives the same batches (exact resume)
-    ordered = ExecutionOptions(preserve_order=True)
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config=loop_config,
-        scaling_config=scaling_config(config),
-        datasets={"train": datasets["train"], "val": datasets["val"]},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
-                                            execution_options=ordered),
-        run_config=ray.train.RunConfig(
-            name=name, storage_path=_ray_storage(storage),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=config.train.keep_checkpoints,
-                checkpoint_score_attribute="val/mse", checkpoint_score_order="min"),
-            failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
-            # Train's print patch sends each print to the console twice (logger + stream)
-            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
-    )
+    trainer = build_trainer(config, storage=storage, name=name)
     result = trainer.fit()
     summary = summarize(result, config, storage, name, wall_time=time.time() - start)
     summary["artifacts"] = publish_artifacts(result, config, storage, name, summary["history"])

@@ -16,6 +16,8 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from ray.train.v2._internal.execution import context as train_context
+from ray.train.v2._internal.execution import storage as train_storage
 
 from simvp_ray.config import ExperimentConfig, from_dict
 from simvp_ray.data.ray_data import iter_rank_batches
@@ -47,11 +49,17 @@ def _resume_payload() -> dict[str, Any] | None:
         return load_checkpoint(folder)
 
 
+def quiet_train_logs() -> None:
+    """Ray Train logs every report with all its metrics, and every checkpoint upload, at INFO;
+    the epoch line says both. (Its report logger is named after its file, not its module.)"""
+    for module in (train_context, train_storage):
+        module.logger.setLevel(logging.WARNING)
+
+
 def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     """`train_loop_per_worker` of the TorchTrainer; `loop_config` comes from `trainer.py`."""
     config = from_dict(ExperimentConfig, loop_config["config"])
-    # Ray Train logs every report with all its metrics at INFO; our epoch line is enough
-    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
+    quiet_train_logs()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     batch = per_worker_batch_size(config.data.batch_size, world)

@@ -142,6 +142,7 @@ def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]
         model.train()
         loss_sum = torch.zeros(2, dtype=torch.float64, device=runtime.device)  # (sum, count)
         batches = runtime.train_batches(epoch)
+        last_lr = optimizer.param_groups[0]["lr"]
         for step, batch in zip(range(runtime.steps_per_epoch), batches):
             x, y = _as_tensor(batch["x"], runtime.device), _as_tensor(batch["y"], runtime.device)
             with autocast(options, runtime.device):
@@ -159,6 +160,9 @@ def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]
             loss.backward()
             if config.optim.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+            # logged: the rate this epoch's last step used (after the run's final step a
+            # OneCycle schedule is past its end, and its next value means nothing)
+            last_lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
             global_step += 1
@@ -178,7 +182,7 @@ def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]
             "train/samples_per_s": samples / train_time,
             "train/epoch_time_s": train_time,
             "epoch_time_s": epoch_time,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": last_lr,
         })
         if not math.isfinite(metrics["val/mse"]):
             raise NonFiniteLossError(f"validation MSE is {metrics['val/mse']} after epoch "
