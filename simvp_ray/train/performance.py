@@ -54,7 +54,9 @@ def place_model(model: torch.nn.Module, options: SpeedOptions,
 
 
 def compile_if_asked(model: torch.nn.Module, options: SpeedOptions) -> torch.nn.Module:
-    return torch.compile(model) if options.compile else model
+    # static shapes: training batches keep one shape (drop_last), and dynamic-shape
+    # recompiles of a second model in one process fail in inductor ("1 < s92", torch 2.13)
+    return torch.compile(model, dynamic=False) if options.compile else model
 
 
 def prepare_model(model: torch.nn.Module, options: SpeedOptions,
