@@ -60,6 +60,9 @@ class LocalCluster:
         self.ray("start", "--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1",
                  f"--num-cpus={num_cpus}", "--dashboard-host=127.0.0.1",
                  f"--dashboard-port={self.dashboard_port}", "--object-store-memory=200000000",
+                 # the agent's default port (52365) belongs to any other Ray on this machine,
+                 # e.g. the tests' own ray.init: without its agent the head takes no jobs
+                 f"--dashboard-agent-listen-port={free_port()}",
                  f"--temp-dir={self.temp_dir}", "--disable-usage-stats")
         self.head_raylets = raylet_pids() - before
 
