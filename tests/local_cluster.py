@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from helpers import REPO_ROOT
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -146,3 +147,24 @@ def wait_for(predicate, timeout: float, interval: float = 1.0, what: str = "cond
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def kill_driver_when(job_args: list[str], done, what: str, timeout: float = 300) -> None:
+    """Run `python <job_args>` from the repo root with a local Ray of its own, wait until
+    `done()` (or the driver exits), then SIGKILL its process group: a driver lost mid-run (a
+    laptop closed, a cluster torn down). Ends the Ray agents the killed driver leaves behind
+    (spec/ray.md 1), by pid."""
+    ray_tmp = short_temp_dir()
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    driver = subprocess.Popen([sys.executable, *job_args], cwd=REPO_ROOT, env=env,
+                              start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: done() or driver.poll() is not None, timeout=timeout, interval=0.5,
+                 what=what)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        end_processes(processes_mentioning(ray_tmp))

@@ -7,15 +7,11 @@ cluster torn down); `--resume` with the same --name and --storage picks it up.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import fsspec
 import pytest
-from helpers import REPO_ROOT, load_job
-from local_cluster import end_processes, processes_mentioning, short_temp_dir, wait_for
+from helpers import load_job
+from local_cluster import kill_driver_when
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.s3]
 
@@ -37,23 +33,11 @@ def test_killed_run_resumes_to_the_same_result(local_ray, small_store, s3_bucket
     straight = read_json(f"{storage}/straight/result.json")
 
     # the same run in its own driver (and its own local Ray), killed after epoch 2
-    ray_tmp = short_temp_dir()
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    driver = subprocess.Popen([sys.executable, "jobs/train.py", *args, "--name", "killed"],
-                              cwd=REPO_ROOT, env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     fs = fsspec.filesystem("s3")
-    try:
-        wait_for(lambda: len(fs.glob(f"{s3_bucket}/runs/killed/checkpoint_*/checkpoint.pt"))
-                 >= 2, timeout=300, interval=1, what="two checkpoints of the first run")
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-        # a SIGKILLed driver leaves Ray's agents behind (spec/ray.md 1): end ours by pid
-        end_processes(processes_mentioning(ray_tmp))
+    kill_driver_when(
+        ["jobs/train.py", *args, "--name", "killed"],
+        lambda: len(fs.glob(f"{s3_bucket}/runs/killed/checkpoint_*/checkpoint.pt")) >= 2,
+        what="two checkpoints of the first run")
     assert not fs.exists(f"{s3_bucket}/runs/killed/result.json")
 
     assert load_job("train").main([*args, "--name", "killed", "--resume"]) == 0

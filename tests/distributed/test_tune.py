@@ -7,17 +7,13 @@ Tiny models and capped epochs keep each trial to a Train start-up plus seconds o
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import REPO_ROOT, load_job
-from local_cluster import end_processes, processes_mentioning, short_temp_dir, wait_for
+from helpers import load_job
+from local_cluster import kill_driver_when
 
 from simvp_ray.analysis.experiment import FINISHED, STOPPED, load_experiment, summary_table
 from simvp_ray.config import ExperimentConfig, from_dict
@@ -48,22 +44,7 @@ def test_killed_variants_experiment_resumes_only_unfinished_trials(local_ray, sm
             "--max-concurrent", "2"]
     runs = tmp_path / "var" / "runs"
     # the driver runs in its own process with its own Ray, killed once a trial has finished
-    ray_tmp = short_temp_dir()
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    driver = subprocess.Popen([sys.executable, "jobs/tune.py", *args], cwd=REPO_ROOT, env=env,
-                              start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: summaries(runs) or driver.poll() is not None, timeout=300,
-                 interval=0.5, what="a finished trial")
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-        # a SIGKILLed driver leaves Ray's agents behind (spec/ray.md 1): end ours by pid
-        end_processes(processes_mentioning(ray_tmp))
+    kill_driver_when(["jobs/tune.py", *args], lambda: summaries(runs), what="a finished trial")
     before = summaries(runs)
     assert 1 <= len(before) < 4, f"kill came too late: {sorted(before)} had finished"
     checkpoints = {name: sorted(p.name for p in (runs / name).glob("checkpoint_*"))
