@@ -62,6 +62,8 @@ def test_training_beats_persistence_and_reports_every_epoch(tmp_path):
     assert final["val/mse_phys"] == pytest.approx(4 * final["val/mse"])
     assert {"val/mse/t1", "val/ssim", "val/psnr", "lr", "train/samples_per_s"} <= final.keys()
     assert final["train/samples"] == 64
+    # the logged rate is the last step's: OneCycle ends annealed to lr / 25 / 1e4, not past it
+    assert final["lr"] == pytest.approx(3e-3 / 25 / 1e4, rel=0.05)
 
 
 def test_latitude_weighted_rmse_per_named_channel(tmp_path):
