@@ -28,7 +28,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from simvp_ray.config import ExperimentConfig, flatten, from_dict, override  # noqa: E402
 
-MANIFEST_FILE = "simvp_experiment.json"  # written by simvp_ray.distributed.tune
+MANIFEST_FILE = "simvp_experiment.json"  # kind, base config, trials: simvp_ray.distributed.tune
 FINISHED, STOPPED, FAILED, UNFINISHED = "finished", "stopped early", "failed", "unfinished"
 # (column, label in the table, lower is better); params/FLOPs/time/speed are not "best" cells
 QUALITY = [("mse", "MSE", True), ("mae", "MAE", True), ("ssim", "SSIM", False),

@@ -45,10 +45,7 @@ def span_groups(starts: np.ndarray, extent: int, chunk_frames: int) -> list[np.n
 
 
 def _channel_stats(dataset: Dataset, picked: list[int] | None) -> Stats:
-    stats = dataset.stats
-    if picked is None:
-        return stats
-    return Stats(stats.kind, stats.offset[picked], stats.scale[picked], stats.fitted_on)
+    return dataset.stats if picked is None else dataset.stats.select(picked)
 
 
 def read_spans(dataset: Dataset, sorted_starts: np.ndarray, extent: int,

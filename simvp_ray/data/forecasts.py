@@ -29,7 +29,6 @@ import numpy as np
 from zarr.codecs import ZstdCodec
 
 from simvp_ray.data import schema
-from simvp_ray.data.normalization import Stats
 from simvp_ray.data.schema import DatasetError
 from simvp_ray.data.store import (
     Dataset,
@@ -159,8 +158,7 @@ def _write_layout(url: str, layout: ForecastLayout, request: dict[str, Any],
             group.create_array(name, shape=values.shape, dtype="float64")[:] = values
     steps = np.diff(layout.init_steps)
     every = int(steps[0]) if len(steps) else 1
-    stats = Stats(source.stats.kind, np.tile(source.stats.offset[picked], num_leads),
-                  np.tile(source.stats.scale[picked], num_leads), source.stats.fitted_on)
+    stats = source.stats.select(np.tile(picked, num_leads))  # lead-major, as the channels
     units = [source.units[i] for i in picked]
     group.attrs.update({
         "schema": schema.SCHEMA_NAME,

@@ -6,7 +6,7 @@ and minmax (offset = min, scale = max - min: the training range maps to [0, 1], 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,10 @@ class Stats:
     @property
     def max(self) -> np.ndarray:
         return self.offset + self.scale
+
+    def select(self, channels: Sequence[int] | np.ndarray) -> Stats:
+        """The statistics of the channels at these indices, in this order (repeats allowed)."""
+        return Stats(self.kind, self.offset[channels], self.scale[channels], self.fitted_on)
 
     def to_attrs(self) -> dict[str, Any]:
         if self.kind == "zscore":

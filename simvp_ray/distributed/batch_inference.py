@@ -17,7 +17,7 @@ import torch
 from simvp_ray.config import ExperimentConfig, override
 from simvp_ray.data import open_dataset
 from simvp_ray.data.store import Dataset
-from simvp_ray.distributed.trainer import RESULT_FILE
+from simvp_ray.distributed.trainer import RESULT_FILE, storage_filesystem
 from simvp_ray.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from simvp_ray.train.inference import model_from_checkpoint
 
@@ -34,7 +34,7 @@ def _sha256(path: Path) -> str:
 
 def resolve_run(url: str) -> str:
     """A training run folder (holding result.json) stands for its best checkpoint."""
-    fs, path = _filesystem(url)
+    fs, path = storage_filesystem(url)
     result = f"{path.rstrip('/')}/{RESULT_FILE}"
     if (fs.get_file_info(f"{path.rstrip('/')}/{CHECKPOINT_FILE}").type
             == pyarrow.fs.FileType.NotFound
@@ -42,12 +42,6 @@ def resolve_run(url: str) -> str:
         with fs.open_input_stream(result) as stream:
             return json.loads(stream.read())["best_checkpoint"]
     return url
-
-
-def _filesystem(url: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    if "://" in url and not url.startswith("file://"):
-        return pyarrow.fs.FileSystem.from_uri(url)
-    return pyarrow.fs.LocalFileSystem(), str(Path(url.removeprefix("file://")).resolve())
 
 
 def fetch_checkpoint(url: str) -> dict[str, Any]:
@@ -58,7 +52,7 @@ def fetch_checkpoint(url: str) -> dict[str, Any]:
         url = resolve_run(str(url))
     except OSError as error:  # e.g. a missing bucket or no credentials
         raise ValueError(f"cannot read {url}: {error}") from error
-    fs, path = _filesystem(url)
+    fs, path = storage_filesystem(url)
     if fs.get_file_info(path).type == pyarrow.fs.FileType.Directory:
         path = f"{path.rstrip('/')}/{CHECKPOINT_FILE}"
     if isinstance(fs, pyarrow.fs.LocalFileSystem):

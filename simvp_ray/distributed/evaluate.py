@@ -18,7 +18,7 @@ import torch
 from simvp_ray.analysis.evaluation import format_evaluation
 from simvp_ray.config import to_dict
 from simvp_ray.data.climatology import train_climatology
-from simvp_ray.data.normalization import Stats, normalize
+from simvp_ray.data.normalization import normalize
 from simvp_ray.data.ray_data import build_ray_datasets
 from simvp_ray.distributed.batch_inference import (
     actor_options,
@@ -99,7 +99,7 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
         "mean": stats.offset[picked].tolist(), "std": stats.scale[picked].tolist(),
         "channel_names": names, "lat": None if dataset.lat is None else dataset.lat.tolist(),
         "climatology": normalize(climatology.astype(np.float32),
-                                 _picked_stats(stats, picked)).astype(np.float64),
+                                 stats.select(picked)).astype(np.float64),
     }
     ensure_ray(num_actors)
     quiet_ray_data()
@@ -132,10 +132,6 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
     if out:
         results["files"] = write_evaluation(results, out)
     return results
-
-
-def _picked_stats(stats: Stats, picked: list[int]) -> Stats:
-    return Stats(stats.kind, stats.offset[picked], stats.scale[picked], stats.fitted_on)
 
 
 def write_evaluation(results: dict[str, Any], out: str) -> dict[str, str]:

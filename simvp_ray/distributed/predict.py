@@ -21,7 +21,7 @@ from simvp_ray.data.forecasts import (
     create_forecast_store,
     init_indices,
 )
-from simvp_ray.data.normalization import Stats, denormalize
+from simvp_ray.data.normalization import denormalize
 from simvp_ray.data.windows import window_offsets
 from simvp_ray.distributed.batch_inference import (
     actor_options,
@@ -60,9 +60,7 @@ class ChunkForecaster:
         self.num_leads = len(leads)
         self.batch_size = batch_size
         picked = [self.source.channels.index(name) for name in channels]
-        stats = self.source.stats
-        self.stats = Stats(stats.kind, stats.offset[picked], stats.scale[picked],
-                           stats.fitted_on)
+        self.stats = self.source.stats.select(picked)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         made = []

@@ -28,12 +28,12 @@ from ray.train.torch import TorchTrainer
 from simvp_ray.analysis.panels import plot_forecast_panel
 from simvp_ray.analysis.tensorboard import write_tensorboard
 from simvp_ray.config import ExperimentConfig, from_dict, override, to_dict
-from simvp_ray.data import open_dataset, read_windows, window_starts
+from simvp_ray.data import open_dataset
 from simvp_ray.data.ray_data import build_ray_datasets, count_split_windows
 from simvp_ray.data.synthetic import write_synthetic
 from simvp_ray.distributed.worker import STOPPED, train_worker
 from simvp_ray.train.checkpoint import load_checkpoint
-from simvp_ray.train.inference import model_from_checkpoint, predict_numpy
+from simvp_ray.train.inference import forecast_window
 
 RESULT_FILE = "result.json"
 SYNTHETIC_VERSION = "v1"
@@ -261,24 +261,11 @@ def save_validation_panel(payload: dict[str, Any], config: ExperimentConfig,
                           path: Path) -> Path:
     """Inputs / targets / predictions / error of one validation window, physical units."""
     dataset = open_dataset(config.data.url)
-    model, data = config.model, config.data
-    offsets = list(data.frame_offsets) or None
-    names = list(data.channels) or dataset.channels
-    picked = [dataset.channels.index(name) for name in names]
-    starts = window_starts(dataset, "val", model.in_frames, model.out_frames, data.frame_step,
-                           offsets=offsets)
-    middle = starts[len(starts) // 2:len(starts) // 2 + 1]
-    window = {normalized: read_windows(dataset, middle, model.in_frames, model.out_frames,
-                                       data.frame_step, offsets=offsets, channels=names,
-                                       normalized=normalized)
-              for normalized in (True, False)}
-    pred = predict_numpy(model_from_checkpoint(payload), window[True]["x"])[0]
-    scale = dataset.stats.scale[picked][None, :, None, None]
-    offset = dataset.stats.offset[picked][None, :, None, None]
-    physical = window[False]
+    names = list(config.data.channels) or dataset.channels
+    sample = forecast_window(payload, config, dataset, names, "val")
     return plot_forecast_panel(
-        physical["x"][0], physical["y"][0], pred * scale + offset, path,
-        channel_name=names[0], units=dataset.units[picked[0]],
+        sample["x"], sample["y"], sample["pred"], path, channel_name=names[0],
+        units=dataset.units[dataset.channels.index(names[0])],
         title=f"{config.name}: validation window, epoch {payload['epoch'] + 1}, {names[0]}")
 
 

@@ -23,6 +23,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
+from simvp_ray.analysis.experiment import MANIFEST_FILE
 from simvp_ray.config import ExperimentConfig, from_dict, override, to_dict
 from simvp_ray.distributed.cost import measure_cost
 from simvp_ray.distributed.trainer import (
@@ -38,7 +39,6 @@ from simvp_ray.distributed.trainer import (
 )
 from simvp_ray.models import TRANSLATORS
 
-MANIFEST_FILE = "simvp_experiment.json"  # what the analysis reads first: kind, base, trials
 RUNS_FOLDER = "runs"  # <experiment>/runs/<trial>: the Train run (checkpoints) + result.json
 METRIC = "val/mse"
 DEFAULT_BUDGETS = (1, 3, 5, 10)  # epoch multipliers of SimVPv2's epoch-scaling table

@@ -14,12 +14,11 @@ import numpy as np
 
 from simvp_ray.analysis.panels import plot_forecast_panel, save_forecast_gif
 from simvp_ray.config import ExperimentConfig, from_dict
-from simvp_ray.data import denormalize, open_dataset, read_windows, window_starts
+from simvp_ray.data import open_dataset
 from simvp_ray.data.forecasts import is_forecast_store, open_forecasts, parse_time
-from simvp_ray.data.normalization import Stats
 from simvp_ray.distributed.batch_inference import fetch_checkpoint, open_checked
 from simvp_ray.distributed.predict import input_and_lead_steps
-from simvp_ray.train.inference import model_from_checkpoint, predict_numpy
+from simvp_ray.train.inference import forecast_window
 
 
 def _frames_at(dataset, steps: np.ndarray, picked: list[int]) -> np.ndarray:
@@ -68,28 +67,12 @@ def checkpoint_sample(url: str, split: str, index: int | None, data: str | None
     """One window of a split (default: the middle one) and the checkpoint's forecast of it."""
     payload = fetch_checkpoint(url)
     config, dataset, names = open_checked(payload, data)
-    model, window = config.model, config.data
-    offsets = list(window.frame_offsets) or None
-    starts = window_starts(dataset, split, model.in_frames, model.out_frames,
-                           window.frame_step, offsets=offsets)
-    if len(starts) == 0:
-        raise ValueError(f"{dataset.url}: split {split!r} holds no whole window")
-    index = len(starts) // 2 if index is None else index
-    if not 0 <= index < len(starts):
-        raise ValueError(f"--index {index}: split {split!r} has windows 0 .. {len(starts) - 1}")
-    picked = [dataset.channels.index(name) for name in names]
-    read = {normalized: read_windows(dataset, starts[index:index + 1], model.in_frames,
-                                     model.out_frames, window.frame_step, offsets=offsets,
-                                     channels=names, normalized=normalized)
-            for normalized in (True, False)}
-    stats = Stats(dataset.stats.kind, dataset.stats.offset[picked], dataset.stats.scale[picked],
-                  dataset.stats.fitted_on)
-    pred = denormalize(predict_numpy(model_from_checkpoint(payload), read[True]["x"]), stats)
-    return {"x": read[False]["x"][0], "y": read[False]["y"][0], "pred": pred[0],
-            "channels": names, "units": [dataset.units[i] for i in picked],
+    sample = forecast_window(payload, config, dataset, names, split, index)
+    return {**sample, "channels": names,
+            "units": [dataset.units[dataset.channels.index(name)] for name in names],
             "lat": dataset.lat, "lon": dataset.lon,
-            "label": f"{split} window {index}, starting {dataset.time[starts[index]]}, "
-                     f"epoch {payload['epoch'] + 1}"}
+            "label": f"{split} window {sample['index']}, starting "
+                     f"{dataset.time[sample['start']]}, epoch {payload['epoch'] + 1}"}
 
 
 def render_pictures(url: str, out: str | Path, *, init: str | None = None, split: str = "val",

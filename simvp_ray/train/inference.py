@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from simvp_ray.config import ExperimentConfig
+from simvp_ray.data import Dataset, denormalize, read_windows, window_starts
 from simvp_ray.models import build_model
 from simvp_ray.models.openstl import load_checked
 
@@ -28,3 +30,28 @@ def predict_numpy(model: torch.nn.Module, x: np.ndarray, batch_size: int = 32) -
             batch = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size]))
             outputs.append(model(batch.to(device)).float().cpu().numpy())
     return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+
+
+def forecast_window(payload: dict[str, Any], config: ExperimentConfig, dataset: Dataset,
+                    channels: list[str], split: str = "val", index: int | None = None
+                    ) -> dict[str, Any]:
+    """One window of `split` (default: the middle one) and the checkpoint's forecast of it, in
+    physical units: x (T_in, C, H, W), y and pred (T_out, C, H, W), and the window's index and
+    first step. `config` reads `dataset` (its window: frames, step, offsets)."""
+    model, window = config.model, config.data
+    offsets = list(window.frame_offsets) or None
+    starts = window_starts(dataset, split, model.in_frames, model.out_frames,
+                           window.frame_step, offsets=offsets)
+    if len(starts) == 0:
+        raise ValueError(f"{dataset.url}: split {split!r} holds no whole window")
+    index = len(starts) // 2 if index is None else index
+    if not 0 <= index < len(starts):
+        raise ValueError(f"--index {index}: split {split!r} has windows 0 .. {len(starts) - 1}")
+    read = {normalized: read_windows(dataset, starts[index:index + 1], model.in_frames,
+                                     model.out_frames, window.frame_step, offsets=offsets,
+                                     channels=channels, normalized=normalized)
+            for normalized in (True, False)}
+    stats = dataset.stats.select([dataset.channels.index(name) for name in channels])
+    pred = denormalize(predict_numpy(model_from_checkpoint(payload), read[True]["x"]), stats)
+    return {"x": read[False]["x"][0], "y": read[False]["y"][0], "pred": pred[0],
+            "index": index, "start": int(starts[index])}
