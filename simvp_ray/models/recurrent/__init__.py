@@ -1,0 +1,16 @@
+"""OpenSTL's recurrent baselines (ConvLSTM, PredRNN, PredRNN++, PredRNNv2, MIM, E3D-LSTM, MAU,
+PhyDNet) in plain PyTorch, with OpenSTL's parameter names and state_dict keys.
+
+Every model takes OpenSTL's `configs` mapping and offers the same two calls:
+- `model(batch_x)` (eval): the forecast (B, T_out, C, H, W) under OpenSTL's test-time mask;
+- `model.training_loss(batch_x, batch_y, mask_true)`: the loss OpenSTL's training step returns,
+  given a sampling mask in OpenSTL's layout (spec/rnn.md section 2).
+
+`RECURRENT_MODELS` maps OpenSTL's method key (`configs["method"]`) to the model class.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+RECURRENT_MODELS: dict[str, type[nn.Module]] = {}
