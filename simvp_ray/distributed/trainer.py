@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 import uuid
@@ -116,11 +115,6 @@ def ensure_ray(num_cpus_needed: float) -> None:
     """Connect to RAY_ADDRESS / a running cluster, or start a local one big enough."""
     if ray.is_initialized():
         return
-    # Ray puts the driver script's folder on every worker's sys.path; for jobs/*.py that
-    # folder holds profile.py, which would shadow the standard library module torch imports.
-    # The driver needs it no more (its imports are done), and without it Ray adds nothing.
-    script_dir = os.path.dirname(os.path.realpath(sys.argv[0]))
-    sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != script_dir]
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return

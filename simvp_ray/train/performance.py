@@ -70,9 +70,3 @@ def autocast(options: SpeedOptions, device: torch.device):
     if options.precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    # (B, T, C, H, W) inputs stay contiguous: the model folds T into the batch first, and
-    # its convolutions pick the memory format of their weights.
-    return batch.to(device, non_blocking=True)

@@ -1,4 +1,4 @@
-"""jobs/profile.py prints the presets' params and FLOPs (matching spec/models.md)."""
+"""jobs/cost.py prints the presets' params and FLOPs (matching spec/models.md)."""
 
 from __future__ import annotations
 
@@ -6,22 +6,22 @@ import pytest
 from helpers import load_job
 
 
-def test_profile_job_prints_params_and_flops(capsys):
-    assert load_job("profile").main(["--preset", "taxibj_gsta", "mmnist_incepu", "--no-speed"]) == 0
+def test_cost_job_prints_params_and_flops(capsys):
+    assert load_job("cost").main(["--preset", "taxibj_gsta", "mmnist_incepu", "--no-speed"]) == 0
     out = capsys.readouterr().out
     assert "| taxibj_gsta | gsta | 4x2x32x32 | 9.961 | 2.609 | - | - |" in out
     assert "| mmnist_incepu | incepu | 10x1x64x64 | 57.946 | 19.335 | - | - |" in out
 
 
-def test_profile_job_applies_overrides_and_measures(capsys):
-    job = load_job("profile")
+def test_cost_job_applies_overrides_and_measures(capsys):
+    job = load_job("cost")
     assert job.main(["--preset", "demo", "--set", "model.translator=incepu", "--iters", "1",
                      "--batch-size", "2"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if "| demo |" in line)
     assert "| incepu |" in row and "| - |" not in row
 
 
-def test_profile_job_rejects_unknown_keys(capsys):
+def test_cost_job_rejects_unknown_keys(capsys):
     with pytest.raises(SystemExit):
-        load_job("profile").main(["--preset", "demo", "--set", "model.hid_S=3"])
+        load_job("cost").main(["--preset", "demo", "--set", "model.hid_S=3"])
     assert "unknown config key 'model.hid_S'" in capsys.readouterr().err

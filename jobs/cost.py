@@ -1,26 +1,21 @@
 """Print the cost table of presets: params, GFLOPs (multiply-adds) and CPU samples/s.
 
-    python jobs/profile.py                                # demo + the gSTA / IncepU presets
-    python jobs/profile.py --preset taxibj_gsta mmnist_incepu --no-speed
-    python jobs/profile.py --preset taxibj_gsta --set model.translator=swin
-    python jobs/profile.py --all --no-speed               # every preset, params and FLOPs only
+    python jobs/cost.py                                # demo + the gSTA / IncepU presets
+    python jobs/cost.py --preset taxibj_gsta mmnist_incepu --no-speed
+    python jobs/cost.py --preset taxibj_gsta --set model.translator=swin
+    python jobs/cost.py --all --no-speed               # every preset, params and FLOPs only
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-# Run as a script, this file's folder is sys.path[0] and `profile.py` would shadow the
-# standard library's `profile` module that torch imports (via cProfile): drop that entry.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(__file__)]
+import torch
 
-import torch  # noqa: E402
-
-from simvp_ray.config import override  # noqa: E402
-from simvp_ray.models.cost_table import cost_rows, format_cost_table  # noqa: E402
-from simvp_ray.presets import PRESETS, get_preset  # noqa: E402
+from simvp_ray.config import override
+from simvp_ray.models.cost_table import cost_rows, format_cost_table
+from simvp_ray.presets import PRESETS, get_preset
 
 DEFAULT_PRESETS = ["demo", "taxibj_gsta", "taxibj_incepu", "mmnist_gsta", "mmnist_incepu",
                    "weather_t2m_gsta"]
