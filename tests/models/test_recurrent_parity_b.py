@@ -1,0 +1,231 @@
+"""MIM, MAU, PhyDNet and E3D-LSTM reproduce OpenSTL's outputs, losses and gradients
+(spec/parity/rnn fixtures, tolerances from its README) and its params / fvcore FLOPs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import shared_file
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from simvp_ray.models.recurrent.mau import MAU
+from simvp_ray.models.recurrent.mim import MIM
+
+SAMPLED = {"mim.pt": MIM, "mau.pt": MAU, "mau_recall_residual.pt": MAU}
+MEASURED = {"mim": MIM, "mau": MAU}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The fixtures were made at 1 thread (README); compare the same way.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def load(name: str) -> dict:
+    return torch.load(shared_file(f"spec/parity/rnn/{name}"), weights_only=True)
+
+
+def build(cls: type[nn.Module], fx: dict) -> nn.Module:
+    model = cls(fx["configs"])
+    model.load_state_dict(fx["state_dict"], strict=True)
+    return model
+
+
+def assert_grads_match(model: nn.Module, grads: dict, without_grad: list[str]) -> None:
+    for name, param in model.named_parameters():
+        if name in grads:
+            ref = grads[name]
+            err = (param.grad - ref).abs().max().item()
+            assert err <= 1e-4 * ref.abs().max().item() + 1e-7, (name, err)
+        else:
+            assert param.grad is None and name in without_grad, name
+            assert not param.requires_grad, name
+    assert set(without_grad) <= {n for n, _ in model.named_parameters()}
+
+
+def assert_loss_close(loss: torch.Tensor, ref: float) -> None:
+    assert abs(loss.item() - ref) <= 1e-5 * abs(ref) + 1e-7, (loss.item(), ref)
+
+
+# ---------------------------------------------------------------------------------------
+# Scheduled-sampling models: MIM, MAU (both configurations)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLED))
+def test_training_pass_matches_openstl(name):
+    fx = load(name)
+    tr = fx["train"]
+    model = build(SAMPLED[name], fx).train()
+    next_frames, loss = model.openstl_forward(tr["frames_tensor"], tr["mask_true"])
+    torch.testing.assert_close(next_frames, tr["next_frames"], rtol=1e-5, atol=5e-5)
+    assert_loss_close(loss, tr["loss"])
+    loss.backward()
+    assert_grads_match(model, tr["grads"], tr["params_without_grad"])
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLED))
+def test_training_loss_from_batches_and_flags(name):
+    # The trainer's entry point: raw frames, patched inside; the mask as OpenSTL's tensor or
+    # as its per-slot flags gives the same loss.
+    fx = load(name)
+    tr = fx["train"]
+    model = build(SAMPLED[name], fx).train()
+    assert_loss_close(model.training_loss(fx["batch_x"], fx["batch_y"], tr["mask_true"]),
+                      tr["loss"])
+    if name == "mim.pt":
+        model.reset_state()
+    assert_loss_close(model.training_loss(fx["batch_x"], fx["batch_y"], tr["mask_flags"]),
+                      tr["loss"])
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLED))
+def test_eval_forecast_matches_openstl(name):
+    fx = load(name)
+    model = build(SAMPLED[name], fx).eval()
+    with torch.no_grad():
+        pred = model(fx["batch_x"])
+    torch.testing.assert_close(pred, fx["test"]["pred_y"], rtol=1e-5, atol=5e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLED))
+def test_float64_matches_openstl_twins(name):
+    fx = load(name)
+    tr = fx["train"]
+    model = build(SAMPLED[name], fx).double()
+    next_frames, loss = model.openstl_forward(tr["frames_tensor"].double(),
+                                              tr["mask_true"].double())
+    torch.testing.assert_close(next_frames, tr["next_frames_fp64"], rtol=0, atol=1e-10)
+    assert abs(loss.item() - tr["loss_fp64"]) <= 1e-10
+    if name == "mim.pt":
+        model.reset_state()
+    with torch.no_grad():
+        pred = model.eval()(fx["batch_x"].double())
+    torch.testing.assert_close(pred, fx["test"]["pred_y_fp64"], rtol=0, atol=1e-10)
+
+
+def test_mim_carries_its_stationary_memory_like_openstl():
+    fx = load("mim.pt")
+    tr, chained = fx["train"], fx["mim"]["test_chained"]
+    model = build(MIM, fx)
+    model.openstl_forward(tr["frames_tensor"], tr["mask_true"])
+    for state, ref in zip(model.stationary_state(), fx["mim"]["state_after_train"], strict=True):
+        torch.testing.assert_close(state, ref, rtol=1e-5, atol=5e-5)
+    with torch.no_grad():  # validation right after training starts from the carried state
+        pred = model.eval()(fx["batch_x"])
+    torch.testing.assert_close(pred, chained["pred_y"], rtol=1e-5, atol=5e-5)
+
+    model = build(MIM, fx).double()  # the float64 twin chains its own float64 training pass
+    model.openstl_forward(tr["frames_tensor"].double(), tr["mask_true"].double())
+    with torch.no_grad():
+        pred = model.eval()(fx["batch_x"].double())
+    torch.testing.assert_close(pred, chained["pred_y_fp64"], rtol=0, atol=1e-10)
+
+
+def test_mim_batch_size_change_is_an_error_and_carry_can_be_switched_off():
+    fx = load("mim.pt")
+    model = build(MIM, fx).eval()
+    with torch.no_grad():
+        model(fx["batch_x"])
+        with pytest.raises(ValueError, match="same size: got a batch of 1 after one of 2"):
+            model(fx["batch_x"][:1])
+        model.carry_state = False
+        first, second = model(fx["batch_x"]), model(fx["batch_x"])
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first, fx["test"]["pred_y"], rtol=1e-5, atol=5e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# Params and fvcore FLOPs of the full Moving-MNIST presets
+
+
+def measured(key: str) -> dict:
+    path = shared_file("spec/parity/rnn/mmnist_measure.json")
+    return next(r for r in json.loads(path.read_text())["results"] if r["key"] == key)
+
+
+def fvcore_flops(model: nn.Module, run, custom_mapping=None) -> int:
+    """Multiply-adds as fvcore counts them: convs / matmuls / einsums (torch counts 2 FLOPs
+    per multiply-add) plus 5 per element of every affine LayerNorm / GroupNorm input."""
+    norm = 0
+
+    def count_norm(module, inputs, output):
+        nonlocal norm
+        norm += inputs[0].numel() * (5 if module.weight is not None else 4)
+
+    hooks = [m.register_forward_hook(count_norm) for m in model.modules()
+             if isinstance(m, nn.LayerNorm | nn.GroupNorm)]
+    with FlopCounterMode(display=False, custom_mapping=custom_mapping or {}) as counter:
+        run()
+    for hook in hooks:
+        hook.remove()
+    return counter.get_total_flops() // 2 + norm
+
+
+def openstl_dummy_pass(model, record: dict) -> None:
+    """OpenSTL's FLOPs input: a batch-1, fully teacher-forced training pass (spec/rnn.md 6)."""
+    cfg = record["hparams"]
+    _, c, h, w = cfg["in_shape"]
+    p = cfg["patch_size"]
+    frames = torch.ones(1, cfg["total_length"], h // p, w // p, p * p * c)
+    mask = torch.ones(1, cfg["aft_seq_length"] - 1, h // p, w // p, p * p * c)
+    model.openstl_forward(frames, mask)
+
+
+@pytest.mark.parametrize("key", sorted(MEASURED))
+def test_params_and_flops_equal_openstl_measure(key):
+    record = measured(key)
+    configs = {**record["hparams"], **record["scheduled_sampling"]}
+    with torch.device("meta"):
+        model = MEASURED[key](configs)
+        assert sum(p.numel() for p in model.parameters()) == record["params"]
+        frozen = {n: p.numel() for n, p in model.named_parameters() if not p.requires_grad}
+        assert frozen == record["params_without_grad"]
+        assert fvcore_flops(model, lambda: openstl_dummy_pass(model, record)) == \
+            record["fvcore_flops"]
+
+
+# ---------------------------------------------------------------------------------------
+# Configs a method cannot run
+
+
+MIM_CFG = {"in_shape": [4, 1, 16, 16], "pre_seq_length": 4, "aft_seq_length": 4,
+           "total_length": 8, "patch_size": 2, "num_hidden": "8,8", "filter_size": 3,
+           "stride": 1, "layer_norm": 0, "reverse_scheduled_sampling": 0}
+MAU_CFG = {**MIM_CFG, "patch_size": 1, "sr_size": 2, "tau": 2, "cell_mode": "normal",
+           "model_mode": "normal"}
+
+
+@pytest.mark.parametrize(("cls", "base", "change", "message"), [
+    (MIM, MIM_CFG, {"num_hidden": "8"}, "needs at least 2 layers"),
+    (MIM, MIM_CFG, {"num_hidden": "8,16"}, "must be equal widths"),
+    (MIM, MIM_CFG, {"patch_size": 3}, "patch_size=3 must divide"),
+    (MIM, MIM_CFG, {"total_length": 9}, "total_length=9 must equal"),
+    (MIM, MIM_CFG, {"aft_seq_length": 0, "total_length": 4}, "must be >= 1"),
+    (MIM, MIM_CFG, {"stride": 2}, "stride=2 is not supported"),
+    (MAU, MAU_CFG, {"patch_size": 4}, "patch_size=4 is not supported"),
+    (MAU, MAU_CFG, {"sr_size": 3}, "sr_size=3 must be a power of 2"),
+    (MAU, MAU_CFG, {"cell_mode": "gated"}, "cell_mode='gated'"),
+    (MAU, MAU_CFG, {"reverse_scheduled_sampling": 1}, "scheduled sampling only"),
+    (MAU, {k: v for k, v in MAU_CFG.items() if k != "tau"}, {}, "configs lacks 'tau'"),
+])
+def test_bad_configs_are_one_line_errors(cls, base, change, message):
+    with pytest.raises(ValueError, match=message):
+        cls({**base, **change})
+
+
+def test_bad_mask_and_frames_are_errors():
+    model = MIM(MIM_CFG)
+    x, y = torch.rand(2, 4, 1, 16, 16), torch.rand(2, 4, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"needs \(B=2, 3, ...\)"):
+        model.training_loss(x, y, torch.ones(2, 4))
+    with pytest.raises(ValueError, match="do not match in_shape"):
+        model(torch.rand(2, 4, 2, 16, 16))
+    with pytest.raises(ValueError, match="pre_seq_length is 4"):
+        model(torch.rand(2, 3, 1, 16, 16))
