@@ -14,9 +14,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from simvp_ray.models.recurrent.mau import MAU
 from simvp_ray.models.recurrent.mim import MIM
+from simvp_ray.models.recurrent.phydnet import PhyDNet
 
 SAMPLED = {"mim.pt": MIM, "mau.pt": MAU, "mau_recall_residual.pt": MAU}
-MEASURED = {"mim": MIM, "mau": MAU}
 
 
 @pytest.fixture(autouse=True)
@@ -142,6 +142,92 @@ def test_mim_batch_size_change_is_an_error_and_carry_can_be_switched_off():
 
 
 # ---------------------------------------------------------------------------------------
+# PhyDNet (its own interface: no patching, no masks, teacher forcing per batch)
+
+
+def unpack_nibbles(entry: dict) -> torch.Tensor:
+    """The README's 4-bit packing: w = scale * (q_k - 7.5), low nibble first, row-major."""
+    q, shape = entry["q"], entry["shape"]
+    nibbles = torch.stack([q & 15, q >> 4], dim=1).flatten()[:torch.Size(shape).numel()]
+    return (entry["scale"] * (nibbles.float() - 7.5)).reshape(shape)
+
+
+@pytest.fixture(scope="module")
+def phydnet_fx() -> dict:
+    fx = load("phydnet.pt")
+    state = dict(fx["state_dict"])
+    state.update({k: unpack_nibbles(e) for k, e in fx["state_dict_packed"].items()})
+    state.update({alias: state[key] for alias, key in fx["state_dict_aliases"].items()})
+    return {**fx, "full_state_dict": state}
+
+
+def build_phydnet(fx: dict) -> PhyDNet:
+    model = PhyDNet(fx["configs"])
+    model.load_state_dict(fx["full_state_dict"], strict=True)
+    return model
+
+
+def assert_phydnet_grads(model: PhyDNet, step: dict, factor: float = 1.0) -> None:
+    for name, param in model.named_parameters():
+        if name in step["grads"]:
+            grad, ref = param.grad, step["grads"][name] * factor
+        else:
+            sample = step["grad_samples"][name]
+            grad, ref = param.grad.flatten()[::sample["stride"]], sample["values"] * factor
+        err = (grad - ref).abs().max().item()
+        assert err <= 1e-4 * ref.abs().max().item() + 1e-7, (name, err)
+
+
+@pytest.mark.parametrize("step", ["train_tf_on", "train_tf_off"])
+def test_phydnet_training_pass_matches_openstl(phydnet_fx, step):
+    fx, ref = phydnet_fx, phydnet_fx[step]
+    model = build_phydnet(fx).train()
+    loss, images = model.model_loss(fx["batch_x"], fx["batch_y"], ref["use_teacher_forcing"])
+    torch.testing.assert_close(images, ref["output_images"], rtol=1e-5, atol=5e-5)
+    assert_loss_close(loss, ref["model_loss"])
+    loss.backward()
+    assert_phydnet_grads(model, ref)
+
+    # What OpenSTL's training step back-propagates: its broadcast quirk, by default.
+    model.zero_grad()
+    model.teacher_forcing = ref["use_teacher_forcing"]
+    method_loss = model.training_loss(fx["batch_x"], fx["batch_y"])
+    assert_loss_close(method_loss, ref["method_loss"])
+    method_loss.backward()
+    assert_phydnet_grads(model, ref, factor=ref["dmethod_loss_dmodel_loss"])
+    model.loss_quirk = False
+    assert_loss_close(model.training_loss(fx["batch_x"], fx["batch_y"]), ref["model_loss"])
+
+
+def test_phydnet_forecast_and_float64_match_openstl(phydnet_fx):
+    fx = phydnet_fx
+    model = build_phydnet(fx).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(fx["batch_x"]), fx["test"]["pred_y"], rtol=1e-5,
+                                   atol=5e-5)
+        model.double()
+        torch.testing.assert_close(model(fx["batch_x"].double()), fx["test"]["pred_y_fp64"],
+                                   rtol=0, atol=1e-10)
+        for step in ("train_tf_on", "train_tf_off"):
+            ref = fx[step]
+            loss, _ = model.model_loss(fx["batch_x"].double(), fx["batch_y"].double(),
+                                       ref["use_teacher_forcing"])
+            assert abs(loss.item() - ref["model_loss_fp64"]) <= 1e-10
+
+
+def test_phydnet_keeps_openstl_buffers_aliases_and_schedule(phydnet_fx):
+    fresh = PhyDNet(phydnet_fx["configs"]).state_dict()
+    for key in ("k2m._M0", "k2m._invM0", "k2m._M1", "k2m._invM1"):
+        torch.testing.assert_close(fresh[key], phydnet_fx["state_dict"][key], rtol=0,
+                                   atol=1e-12)
+    for alias, key in phydnet_fx["state_dict_aliases"].items():
+        assert fresh[alias].data_ptr() == fresh[key].data_ptr()  # one tensor, two names
+    ratio = PhyDNet.teacher_forcing_ratio
+    assert (ratio(0), ratio(100), ratio(334)) == (1.0, pytest.approx(0.7), 0.0)
+    assert ratio(199) == pytest.approx(0.403)
+
+
+# ---------------------------------------------------------------------------------------
 # Params and fvcore FLOPs of the full Moving-MNIST presets
 
 
@@ -168,7 +254,7 @@ def fvcore_flops(model: nn.Module, run, custom_mapping=None) -> int:
     return counter.get_total_flops() // 2 + norm
 
 
-def openstl_dummy_pass(model, record: dict) -> None:
+def sampled_dummy_pass(model, record: dict) -> None:
     """OpenSTL's FLOPs input: a batch-1, fully teacher-forced training pass (spec/rnn.md 6)."""
     cfg = record["hparams"]
     _, c, h, w = cfg["in_shape"]
@@ -178,17 +264,28 @@ def openstl_dummy_pass(model, record: dict) -> None:
     model.openstl_forward(frames, mask)
 
 
+def phydnet_dummy_pass(model, record: dict) -> None:
+    """PhyDNet's: its training forward on ones with teacher_forcing_ratio 0."""
+    _, c, h, w = record["hparams"]["in_shape"]
+    frames = torch.ones(1, record["hparams"]["pre_seq_length"], c, h, w)
+    model.model_loss(frames, frames, teacher_forcing=False)
+
+
+MEASURED = {"mim": (MIM, sampled_dummy_pass), "mau": (MAU, sampled_dummy_pass),
+            "phydnet": (PhyDNet, phydnet_dummy_pass)}
+
+
 @pytest.mark.parametrize("key", sorted(MEASURED))
 def test_params_and_flops_equal_openstl_measure(key):
     record = measured(key)
+    cls, dummy_pass = MEASURED[key]
     configs = {**record["hparams"], **record["scheduled_sampling"]}
     with torch.device("meta"):
-        model = MEASURED[key](configs)
+        model = cls(configs)
         assert sum(p.numel() for p in model.parameters()) == record["params"]
         frozen = {n: p.numel() for n, p in model.named_parameters() if not p.requires_grad}
         assert frozen == record["params_without_grad"]
-        assert fvcore_flops(model, lambda: openstl_dummy_pass(model, record)) == \
-            record["fvcore_flops"]
+        assert fvcore_flops(model, lambda: dummy_pass(model, record)) == record["fvcore_flops"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -200,6 +297,8 @@ MIM_CFG = {"in_shape": [4, 1, 16, 16], "pre_seq_length": 4, "aft_seq_length": 4,
            "stride": 1, "layer_norm": 0, "reverse_scheduled_sampling": 0}
 MAU_CFG = {**MIM_CFG, "patch_size": 1, "sr_size": 2, "tau": 2, "cell_mode": "normal",
            "model_mode": "normal"}
+PHYDNET_CFG = {"in_shape": [4, 1, 16, 16], "pre_seq_length": 4, "aft_seq_length": 4,
+               "total_length": 8, "patch_size": 4}
 
 
 @pytest.mark.parametrize(("cls", "base", "change", "message"), [
@@ -214,6 +313,8 @@ MAU_CFG = {**MIM_CFG, "patch_size": 1, "sr_size": 2, "tau": 2, "cell_mode": "nor
     (MAU, MAU_CFG, {"cell_mode": "gated"}, "cell_mode='gated'"),
     (MAU, MAU_CFG, {"reverse_scheduled_sampling": 1}, "scheduled sampling only"),
     (MAU, {k: v for k, v in MAU_CFG.items() if k != "tau"}, {}, "configs lacks 'tau'"),
+    (PhyDNet, PHYDNET_CFG, {"patch_size": 1}, "patch_size=1 must be 2 or 4"),
+    (PhyDNet, PHYDNET_CFG, {"pre_seq_length": 1}, "pre_seq_length=1 must be >= 2"),
 ])
 def test_bad_configs_are_one_line_errors(cls, base, change, message):
     with pytest.raises(ValueError, match=message):
@@ -229,3 +330,8 @@ def test_bad_mask_and_frames_are_errors():
         model(torch.rand(2, 4, 2, 16, 16))
     with pytest.raises(ValueError, match="pre_seq_length is 4"):
         model(torch.rand(2, 3, 1, 16, 16))
+    phydnet = PhyDNet(PHYDNET_CFG)
+    with pytest.raises(ValueError, match="mask_true must be None"):
+        phydnet.training_loss(x, y, torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"batch_y of shape \(2, 3, 1, 16, 16\) must be"):
+        phydnet.training_loss(x, y[:, :3])
