@@ -8,12 +8,15 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import shared_file
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from simvp_ray.models.recurrent.e3dlstm import E3DLSTM
 from simvp_ray.models.recurrent.mau import MAU
 from simvp_ray.models.recurrent.mim import MIM
+from simvp_ray.models.recurrent.patch import reshape_patch, reshape_patch_back
 from simvp_ray.models.recurrent.phydnet import PhyDNet
 
 SAMPLED = {"mim.pt": MIM, "mau.pt": MAU, "mau_recall_residual.pt": MAU}
@@ -271,21 +274,85 @@ def phydnet_dummy_pass(model, record: dict) -> None:
     model.model_loss(frames, frames, teacher_forcing=False)
 
 
-MEASURED = {"mim": (MIM, sampled_dummy_pass), "mau": (MAU, sampled_dummy_pass),
-            "phydnet": (PhyDNet, phydnet_dummy_pass)}
+def fvcore_einsum(a_shape, b_shape, *args, **kwargs) -> int:
+    """E3D's two einsums run as bmm. fvcore counts an einsum from numpy's einsum_path report,
+    which prints the FLOPs (2 per multiply-add) as '%.3e': its count is that rounded number / 2
+    (51,005,640,000 where the exact multiply-adds are 51,002,736,640). Returned x2 like torch."""
+    batch, n, k = a_shape
+    return 2 * int(float(f"{2 * batch * n * k * b_shape[2]:.3e}") // 2)
+
+
+MEASURED = {"mim": (MIM, sampled_dummy_pass, None), "mau": (MAU, sampled_dummy_pass, None),
+            "phydnet": (PhyDNet, phydnet_dummy_pass, None),
+            "e3dlstm": (E3DLSTM, sampled_dummy_pass, {torch.ops.aten.bmm: fvcore_einsum})}
 
 
 @pytest.mark.parametrize("key", sorted(MEASURED))
 def test_params_and_flops_equal_openstl_measure(key):
     record = measured(key)
-    cls, dummy_pass = MEASURED[key]
+    cls, dummy_pass, custom = MEASURED[key]
     configs = {**record["hparams"], **record["scheduled_sampling"]}
     with torch.device("meta"):
         model = cls(configs)
         assert sum(p.numel() for p in model.parameters()) == record["params"]
         frozen = {n: p.numel() for n, p in model.named_parameters() if not p.requires_grad}
         assert frozen == record["params_without_grad"]
-        assert fvcore_flops(model, lambda: dummy_pass(model, record)) == record["fvcore_flops"]
+        flops = fvcore_flops(model, lambda: dummy_pass(model, record), custom)
+        assert flops == record["fvcore_flops"]
+
+
+# ---------------------------------------------------------------------------------------
+# E3D-LSTM: no fixture here (OpenSTL's is held out), so a training-mode smoke test
+
+
+E3D_CFG = {"in_shape": [3, 1, 8, 8], "pre_seq_length": 3, "aft_seq_length": 3,
+           "total_length": 6, "patch_size": 2, "num_hidden": "4,4", "filter_size": 5,
+           "stride": 1, "layer_norm": 0, "reverse_scheduled_sampling": 0}
+
+
+@pytest.mark.parametrize("layer_norm", [0, 1])
+def test_e3dlstm_trains_with_mse_plus_l1_and_zero_memory_gradient(layer_norm):
+    torch.manual_seed(0)
+    model = E3DLSTM({**E3D_CFG, "layer_norm": layer_norm}).train()
+    x, y = torch.rand(2, 3, 1, 8, 8), torch.rand(2, 3, 1, 8, 8)
+    flags = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    loss = model.training_loss(x, y, flags)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        # The global memory is never updated (OpenSTL's cell returns its input memory), so
+        # conv_gm sees only zeros: exactly zero gradient, as OpenSTL's (spec/rnn.md 3.6); with
+        # layer_norm its LayerNorm sees a constant map, so only that LayerNorm's bias learns.
+        if ".conv_gm." in name and not name.endswith("conv_gm.1.bias"):
+            assert torch.count_nonzero(param.grad) == 0, name
+        else:
+            assert torch.count_nonzero(param.grad) > 0, name
+
+    frames = torch.cat([x, y], dim=1)
+    patched = reshape_patch(frames, 2)
+    next_frames, model_loss = model.openstl_forward(patched, flags[:, :, None, None, None]
+                                                    .expand(2, 2, 4, 4, 4))
+    assert next_frames.shape == (2, 5, 4, 4, 4)
+    target = patched[:, 1:]
+    expected = F.mse_loss(next_frames, target) + F.l1_loss(next_frames, target)
+    torch.testing.assert_close(model_loss, expected)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_e3dlstm_forecast_is_the_test_mask_pass_also_under_reverse_sampling():
+    torch.manual_seed(0)
+    model = E3DLSTM({**E3D_CFG, "reverse_scheduled_sampling": 1}).eval()
+    x, y = torch.rand(2, 3, 1, 8, 8), torch.rand(2, 3, 1, 8, 8)
+    # OpenSTL's RSS test mask: true inputs 1..pre-1, own predictions after (2 + 2 slots).
+    test_mask = torch.tensor([[1.0, 1.0, 0.0, 0.0]]).expand(2, 4)
+    with torch.no_grad():
+        pred = model(x)
+        patched = reshape_patch(torch.cat([x, y], dim=1), 2)
+        next_frames, _ = model.openstl_forward(patched, test_mask[:, :, None, None, None]
+                                               .expand(2, 4, 4, 4, 4))
+    assert pred.shape == (2, 3, 1, 8, 8)
+    torch.testing.assert_close(pred, reshape_patch_back(next_frames[:, -3:], 2), rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------------------
