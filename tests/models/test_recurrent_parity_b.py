@@ -13,7 +13,7 @@ from helpers import shared_file
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from simvp_ray.models.recurrent.e3dlstm import E3DLSTM
+from simvp_ray.models.recurrent.e3dlstm import E3DLSTM, recall
 from simvp_ray.models.recurrent.mau import MAU
 from simvp_ray.models.recurrent.mim import MIM
 from simvp_ray.models.recurrent.patch import reshape_patch, reshape_patch_back
@@ -338,6 +338,17 @@ def test_e3dlstm_trains_with_mse_plus_l1_and_zero_memory_gradient(layer_norm):
     expected = F.mse_loss(next_frames, target) + F.l1_loss(next_frames, target)
     torch.testing.assert_close(model_loss, expected)
     torch.testing.assert_close(loss, expected)
+
+
+def test_e3dlstm_recall_tokens_are_a_raw_reshape_and_unscaled():
+    # spec/rnn.md 3.6: the (nh, 2, H, W) map is cut row-major into rows of nh numbers. With
+    # nh = 2, T = 2, H = W = 1 the query [1, 2, 3, 4] gives tokens [1, 2] and [3, 4] (per-position
+    # channel vectors would be [1, 3] and [2, 4]); keys = values = [1, 0] and [0, 1].
+    query = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 2, 2, 1, 1)
+    history = torch.tensor([1.0, 0.0, 0.0, 1.0]).view(1, 2, 2, 1, 1)
+    rows = [torch.softmax(torch.tensor(scores), dim=0) for scores in ([1.0, 2.0], [3.0, 4.0])]
+    expected = torch.cat(rows).view(1, 2, 2, 1, 1)  # out token = weights @ [[1, 0], [0, 1]]
+    torch.testing.assert_close(recall(query, history), expected)
 
 
 def test_e3dlstm_forecast_is_the_test_mask_pass_also_under_reverse_sampling():
