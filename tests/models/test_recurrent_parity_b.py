@@ -401,6 +401,8 @@ def test_bad_configs_are_one_line_errors(cls, base, change, message):
 
 def test_bad_mask_and_frames_are_errors():
     model = MIM(MIM_CFG)
+    assert (model.mask_slots, MIM({**MIM_CFG, "reverse_scheduled_sampling": 1}).mask_slots) == \
+        (3, 6)
     x, y = torch.rand(2, 4, 1, 16, 16), torch.rand(2, 4, 1, 16, 16)
     with pytest.raises(ValueError, match=r"needs \(B=2, 3, ...\)"):
         model.training_loss(x, y, torch.ones(2, 4))

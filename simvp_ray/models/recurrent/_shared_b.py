@@ -130,6 +130,15 @@ class SampledRNN(nn.Module):
     def patch_size(self) -> int:
         return self.cfg.patch_size
 
+    @property
+    def reverse_scheduled_sampling(self) -> bool:
+        return self.cfg.reverse_scheduled_sampling
+
+    @property
+    def mask_slots(self) -> int:
+        """Tm of the training mask `training_loss` expects: aft-1 (SS) or total-2 (RSS)."""
+        return self.cfg.mask_slots
+
     def rollout(self, frames: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 

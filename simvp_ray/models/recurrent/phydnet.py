@@ -129,7 +129,10 @@ class PhyDNet(nn.Module):
             raise ValueError(f"PhyDNet: pre_seq_length={self.pre} must be >= 2 (its states "
                              f"reset at the first encoder step) and aft_seq_length={self.aft} "
                              ">= 1")
-        _, channels, height, width = (int(v) for v in get("in_shape"))
+        in_shape = [int(v) for v in get("in_shape")]
+        if len(in_shape) != 4:
+            raise ValueError(f"PhyDNet: in_shape={in_shape} must be [T, C, H, W]")
+        _, channels, height, width = in_shape
         patch = int(get("patch_size"))
         if patch not in (2, 4) or height % patch or width % patch:
             raise ValueError(f"PhyDNet: patch_size={patch} must be 2 or 4 and divide the frame "
