@@ -113,7 +113,7 @@ class MIMBlock(nn.Module):
                 f"every batch needs the same size: got a batch of {x.shape[0]} after one of "
                 f"{s.shape[0]}; use drop_last and equal train/validation batch sizes, or call "
                 "model.reset_state()")
-        t_cell, s_new = peephole_lstm(self, diff, c, s.to(x.dtype))
+        t_cell, s_new = peephole_lstm(self, diff, c, s.to(x))  # follows .double() / .to(device)
         self.convlstm_c = s_new.detach()  # OpenSTL reads it detached: no gradient across calls
         c_new = t_cell + torch.sigmoid(i_x + i_t) * torch.tanh(g_x + g_t)
         o = torch.sigmoid(o_x + o_t + o_s)
@@ -129,7 +129,8 @@ class MIM(SampledRNN):
     validation), detached. So the same input gives a different output on a second call, and
     the batch size may not change between calls (a ValueError says so). Set
     `model.carry_state = False` to start every call from zeros instead, or call
-    `model.reset_state()` (for example before evaluating). The MIMN calls OpenSTL makes on
+    `model.reset_state()` (for example before evaluating). The state is not in the state_dict
+    (nor in OpenSTL's), so a resumed run starts it from zeros. The MIMN calls OpenSTL makes on
     zeros at t = 0 and discards are skipped (its FLOP count does not include them either).
     """
 
