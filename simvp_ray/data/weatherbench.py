@@ -128,4 +128,5 @@ def convert_weatherbench(src: str | os.PathLike, dst: str | os.PathLike, *,
         metadata=metadata, time_dim="time", level_dim=None, every=every,
         time_step=np.timedelta64(3600, "s"), overwrite=overwrite, chunk_frames=chunk_frames,
         storage_options=storage_options,
+        off_grid_hint=" (WeatherBench files are hourly; for other files use the xarray converter)",
     )
