@@ -33,7 +33,9 @@ OPTIONS = {  # flag -> argparse keywords; dest = the converter's keyword argumen
                      "--levels": {"type": FLOATS, "help": "hPa, e.g. 150,500,850"},
                      "--train-years": {"type": parse_years, "help": "e.g. 2010-2015"},
                      "--val-years": {"type": parse_years}, "--test-years": {"type": parse_years},
-                     "--every": {"type": int, "help": "keep every k-th hour (mv: 6)"}},
+                     "--every": {"type": int, "help": "keep every k-th hour (mv: 6)"},
+                     "--lat": {"help": "latitude range LOW:HIGH in degrees, e.g. 30:70"},
+                     "--lon": {"help": "longitude range, e.g. --lon=-30:40 (wraps across 0)"}},
     "xarray": {"--variables": {"type": NAMES, "required": True}, "--levels": {"type": FLOATS},
                "--time-dim": {}, "--level-dim": {}, "--every": {"type": int},
                "--time-step": {"help": "irregular stamps on this grid (1h, 30min, 6h, 1d); "

@@ -138,10 +138,19 @@ def parse_range(text: str) -> tuple[float | None, float | None]:
                            "-10:2 (--lon=-10:2 on the command line)") from None
 
 
+def make_region(lat: str | tuple | None, lon: str | tuple | None) -> Region | None:
+    """A Region from 'LOW:HIGH' texts or (low, high) tuples; None when neither is given."""
+    if not lat and not lon:
+        return None
+    return Region(*(parse_range(v) if isinstance(v, str) else (tuple(v) if v else None)
+                    for v in (lat, lon)))
+
+
 def _select(values: np.ndarray, bounds: tuple[float | None, float | None], what: str,
             where: str, periodic: bool) -> tuple[slice | np.ndarray, np.ndarray]:
     """(index, coordinate) of the values inside bounds. Latitude keeps the source's order (ERA5
-    runs north to south); a periodic longitude runs east from the low bound, in its frame."""
+    runs north to south); a periodic longitude runs east from the low bound, increasing, in
+    the low bound's frame (-10:2 -> -10 .. 2 from a 0..360 grid; 350:2 also gives -10 .. 2)."""
     low, high = bounds
     eps = 1e-9
     if periodic and low is not None and high is not None:
@@ -151,6 +160,8 @@ def _select(values: np.ndarray, bounds: tuple[float | None, float | None], what:
         index = np.flatnonzero(shifted <= width + eps) if width < 360.0 else np.arange(len(values))
         index = index[np.argsort(shifted[index], kind="stable")]
         coordinate = low + shifted[index]
+        if len(index) and coordinate[-1] > 360.0:  # 350:2: -10 .. 2, not 350 .. 362
+            coordinate = coordinate - 360.0
     else:
         low = -np.inf if low is None else low
         high = np.inf if high is None else high
@@ -295,7 +306,7 @@ def write_parts(parts: list[Part], dst: str | os.PathLike, *, channels: list[Cha
     units = [str(handle(path)[c.variable].attrs.get("units", ""))
              for path, part_channels in scanned[0][0].files for c in part_channels]
     metadata = {**metadata, "time_axis": "ordinal" if ordinal else "regular"}
-    if region is not None and (region.lat or region.lon):
+    if region is not None:
         metadata["region"] = {"lat": region.lat, "lon": region.lon}
     layout = StoreLayout(
         time=grid, channels=[c.name for c in channels], units=units, height=height, width=width,
@@ -408,8 +419,7 @@ def convert_xarray(src: str | Sequence[str], dst: str | os.PathLike, *,
         "licence": licence, "citation": citation,
         "variables": list(variables), "levels": [float(v) for v in levels] if levels else None,
     }
-    region = Region(*(parse_range(v) if isinstance(v, str) else (tuple(v) if v else None)
-                      for v in (lat, lon)))
+    region = make_region(lat, lon)
     return write_parts([Part([(path, channels)]) for path in paths], dst, channels=channels,
                        split_bounds=bounds, metadata=metadata, time_dim=time_dim,
                        level_dim=level_dim, every=every, time_step=time_step, ordinal=ordinal,

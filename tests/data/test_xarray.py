@@ -218,3 +218,47 @@ def test_irregular_as_ordinal_frames(irregular_grib, tmp_path, prepare_data_main
     first_val = int(np.searchsorted(stamps, np.datetime64("2019-03-22", "s")))
     assert ds.splits["train"] == (0, first_val)
     assert len(window_starts(ds, "train", 2, 2)) == first_val - 3
+
+
+def test_region_on_the_real_grib(tmp_path, prepare_data_main):
+    path = str(shared_file(ERA5))
+    dst = str(tmp_path / "box.zarr")
+    assert prepare_data_main(["xarray", "--src", path, "--dst", dst, "--variables", "t2m",
+                              "--lat", "52:55", "--lon=-5:0"]) == 0
+    ds = open_dataset(dst)
+    src = open_source(path)["t2m"]
+    box = src.sel(latitude=slice(55, 52), longitude=slice(-5, 0))  # ERA5: north to south
+    assert ds.frames.shape == (744, 1, 13, 21) and ds.attrs["region"]["lon"] == [-5.0, 0.0]
+    np.testing.assert_array_equal(ds.lat, box["latitude"].values)  # 55 -> 52, as in the file
+    np.testing.assert_array_equal(ds.lon, box["longitude"].values)
+    np.testing.assert_array_equal(ds.frames[:, 0], box.values)
+    assert "all chunks read" in validate_store(dst)
+
+
+def test_region_across_greenwich_on_a_0_360_grid(tmp_path):
+    """The same file with 0..360 longitudes and south-to-north latitudes: -10:2 (and 350:2)
+    picks 350..360 then 0..2, in the -10..2 frame, the same values as from the original."""
+    path = str(shared_file(ERA5))
+    src = open_source(path)[["t2m"]].isel(time=slice(0, 48)).load()
+    shifted = src.assign_coords(longitude=src["longitude"] % 360).sortby("longitude")
+    shifted = shifted.sortby("latitude")
+    assert shifted["longitude"].values[0] == 0 and shifted["longitude"].values[-1] == 359.75
+    shifted.to_netcdf(tmp_path / "era5_360.nc", engine="h5netcdf")
+    expected = src["t2m"].sel(latitude=slice(56, 51), longitude=slice(-10, 2))
+    for lon in ("-10:2", "350:2"):
+        ds = convert_xarray(str(tmp_path / "era5_360.nc"), tmp_path / f"{lon}.zarr",
+                            variables=["t2m"], lat="51:56", lon=lon)
+        np.testing.assert_allclose(ds.lon, expected["longitude"].values, atol=1e-9)
+        np.testing.assert_array_equal(ds.lat, expected["latitude"].values[::-1])  # file order
+        np.testing.assert_array_equal(ds.frames[:, 0], expected.values[:, ::-1])
+    everything = convert_xarray(str(tmp_path / "era5_360.nc"), tmp_path / "all.zarr",
+                                variables=["t2m"], lon="0:360")
+    assert everything.frames.shape[2:] == (33, 49)
+    nc = str(tmp_path / "era5_360.nc")
+    with pytest.raises(ValueError, match=r"--lat 70.0:80.0 selects no lat point; the file's lat "
+                                         r"runs 50 .. 58"):
+        convert_xarray(nc, tmp_path / "x.zarr", variables=["t2m"], lat="70:80")
+    with pytest.raises(ValueError, match=r"--lon 20.0:30.0 selects no lon point"):
+        convert_xarray(nc, tmp_path / "x.zarr", variables=["t2m"], lon="20:30")
+    with pytest.raises(ValueError, match="range '50-60': expected LOW:HIGH"):
+        convert_xarray(nc, tmp_path / "x.zarr", variables=["t2m"], lat="50-60")
