@@ -262,3 +262,28 @@ def test_region_across_greenwich_on_a_0_360_grid(tmp_path):
         convert_xarray(nc, tmp_path / "x.zarr", variables=["t2m"], lon="20:30")
     with pytest.raises(ValueError, match="range '50-60': expected LOW:HIGH"):
         convert_xarray(nc, tmp_path / "x.zarr", variables=["t2m"], lat="50-60")
+
+
+def test_ordinal_and_time_step_on_gappy_and_numeric_axes(wb2_store, tmp_path):
+    path, src = wb2_store  # hourly with hours 30 and 31 missing
+    ordinal = convert_xarray(str(path), tmp_path / "o.zarr", variables=["10m_wind_speed"],
+                             ordinal=True)
+    assert ordinal.n_steps == 58 and ordinal.valid.all()  # the gap closes up
+    np.testing.assert_array_equal(ordinal.time, src["valid_time"].values.astype("M8[s]"))
+    halves = convert_xarray(str(path), tmp_path / "h.zarr", variables=["10m_wind_speed"],
+                            ordinal=True, every=2)
+    assert halves.n_steps == 29 and halves.attrs["time_step"] == 2
+    np.testing.assert_array_equal(halves.frames[:, 0], src["10m_wind_speed"].values[::2])
+    coarse = convert_xarray(str(path), tmp_path / "c.zarr", variables=["10m_wind_speed"],
+                            time_step="30min")  # a finer grid than the data's own
+    assert coarse.n_steps == 119 and coarse.valid.sum() == 58
+    months = xr.Dataset({"t": (("month", "y", "x"), np.ones((3, 2, 2), np.float32))},
+                        coords={"month": [1, 7, 9]})
+    months.to_netcdf(tmp_path / "months.nc", engine="h5netcdf")
+    numeric = convert_xarray(str(tmp_path / "months.nc"), tmp_path / "m.zarr", variables=["t"],
+                             time_dim="month", time_step="2")
+    assert numeric.time.tolist() == [1, 3, 5, 7, 9] and numeric.valid.tolist() == [
+        True, False, False, True, True]
+    with pytest.raises(ValueError, match="time step '1h': expected a positive whole number"):
+        convert_xarray(str(tmp_path / "months.nc"), tmp_path / "m.zarr", variables=["t"],
+                       time_dim="month", time_step="1h", overwrite=True)
