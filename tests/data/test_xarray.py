@@ -207,6 +207,7 @@ def test_irregular_as_ordinal_frames(irregular_grib, tmp_path, prepare_data_main
     assert prepare_data_main(["xarray", "--src", path, "--dst", dst, "--variables", "t2m",
                               "--ordinal", "--val-start", "2019-03-22",
                               "--test-start", "2019-03-27"]) == 0
+    assert "step 1 frame (ordinal: frames in stamp order" in validate_store(dst)
     assert prepare_data_main(["validate", dst]) == 0
     ds = open_dataset(dst)
     assert ds.attrs["time_axis"] == "ordinal"
