@@ -7,6 +7,8 @@
     python jobs/prepare_data.py weatherbench --src raw/weatherbench --preset mv --dst data/mv.zarr
     python jobs/prepare_data.py xarray --src ../shared/data/weatherbench/era5-2mt-2019-03-uk.grib \
         --variables t2m --val-start 2019-03-22 --test-start 2019-03-27 --dst data/era5.zarr
+    python jobs/prepare_data.py xarray --src raw/irregular.grib --variables t2m --time-step 1h \
+        --lat 50:56 --lon=-6:2 --dst data/era5_box.zarr      # or --ordinal instead of --time-step
     python jobs/prepare_data.py mmnist --src raw/train-images-idx3-ubyte.gz \
         --test-seq raw/mnist_test_seq.npy --dst data/mmnist.zarr
     python jobs/prepare_data.py validate data/t2m.zarr
@@ -31,9 +33,17 @@ OPTIONS = {  # flag -> argparse keywords; dest = the converter's keyword argumen
                      "--levels": {"type": FLOATS, "help": "hPa, e.g. 150,500,850"},
                      "--train-years": {"type": parse_years, "help": "e.g. 2010-2015"},
                      "--val-years": {"type": parse_years}, "--test-years": {"type": parse_years},
-                     "--every": {"type": int, "help": "keep every k-th hour (mv: 6)"}},
+                     "--every": {"type": int, "help": "keep every k-th hour (mv: 6)"},
+                     "--lat": {"help": "latitude range LOW:HIGH in degrees, e.g. 30:70"},
+                     "--lon": {"help": "longitude range, e.g. --lon=-30:40 (wraps across 0)"}},
     "xarray": {"--variables": {"type": NAMES, "required": True}, "--levels": {"type": FLOATS},
                "--time-dim": {}, "--level-dim": {}, "--every": {"type": int},
+               "--time-step": {"help": "irregular stamps on this grid (1h, 30min, 6h, 1d); "
+                                       "missing steps become gaps"},
+               "--ordinal": {"action": "store_true", "default": None,
+                             "help": "irregular stamps: their order is the frame sequence"},
+               "--lat": {"help": "latitude range LOW:HIGH in degrees, e.g. 50:60"},
+               "--lon": {"help": "longitude range, e.g. --lon=-10:2 (wraps across 0 / 360)"},
                "--val-start": {"help": "first time (date or number) of the val split"},
                "--test-start": {"help": "first time of the test split"},
                "--nan-as-gap": {"action": "store_true", "default": None},

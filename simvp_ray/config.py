@@ -23,7 +23,7 @@ class ModelConfig:
     in_frames: int = 4  # T of in_shape (pre_seq_length)
     out_frames: int = 4  # aft_seq_length; != in_frames is handled by cropping or roll-out
     channels: int = 2  # C of in_shape
-    height: int = 32  # H of in_shape; divisible by 2 ** (num_spatial_layers // 2)
+    height: int = 32  # H of in_shape; any size (padded to 2 ** (N_S // 2) inside the model)
     width: int = 32  # W of in_shape
     spatial_channels: int = 32  # hid_S: width of the ConvSC encoder / decoder
     translator_channels: int = 256  # hid_T: width inside the translator

@@ -249,13 +249,17 @@ class StoreWriter:
             return
         if np.any(np.diff(positions) <= 0):
             raise DatasetError(f"{source or self.where}: duplicate or unsorted time steps")
-        first = int(positions[0])
-        span = np.full((int(positions[-1]) - first + 1, *self.frames.shape[1:]), np.nan,
-                       dtype=np.float32)
-        mask = np.zeros(len(span), dtype=bool)
-        span[positions - first] = block
-        mask[positions - first] = True
-        self.write(first, span, mask, source)
+        # one write per chunk touched: the NaN-filled span between far-apart steps (sparse stamps
+        # on a fine grid) never outgrows a chunk, and each chunk is still written once
+        cuts = np.flatnonzero(np.diff(positions // self.chunk_frames)) + 1
+        for part, rows in zip(np.split(positions, cuts), np.split(np.asarray(block), cuts)):
+            first = int(part[0])
+            span = np.full((int(part[-1]) - first + 1, *self.frames.shape[1:]), np.nan,
+                           dtype=np.float32)
+            mask = np.zeros(len(span), dtype=bool)
+            span[part - first] = rows
+            mask[part - first] = True
+            self.write(first, span, mask, source)
 
     def write_external(self, name: str, values: np.ndarray, attrs: dict[str, Any]) -> None:
         """A per-step side array (T, ...) under external/ (holidays, meteorology)."""

@@ -55,7 +55,9 @@ def validate_store(source: StoreSource, *, check_data: bool = True,
         f"converter {attrs['converter']} v{attrs['converter_version']})",
         f"frames     shape {frames.shape} chunks {frames.chunks} {frames.dtype}",
         f"channels   {', '.join(f'{c} [{u}]' for c, u in zip(attrs['channels'], attrs['units']))}",
-        f"time       {time[0]} .. {time[-1]}, step {attrs['time_step']} {attrs['time_unit']}",
+        f"time       {time[0]} .. {time[-1]}, step {attrs['time_step']} {attrs['time_unit']}"
+        + (" (ordinal: frames in stamp order, `time` irregular)"
+           if attrs.get("time_axis") == "ordinal" else ""),
         "splits     " + ", ".join(f"{name} [{a}, {b}) {int(valid[a:b].sum())} valid"
                                   for name, (a, b) in attrs["splits"].items()),
         f"stats      {stats}",

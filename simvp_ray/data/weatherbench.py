@@ -17,7 +17,14 @@ import numpy as np
 
 from simvp_ray.data.schema import DatasetError
 from simvp_ray.data.store import Dataset
-from simvp_ray.data.xarray_source import Channel, Part, open_source, resolve_channels, write_parts
+from simvp_ray.data.xarray_source import (
+    Channel,
+    Part,
+    make_region,
+    open_source,
+    resolve_channels,
+    write_parts,
+)
 
 CONVERTER_VERSION = "1"
 # OpenSTL data_map: key -> folder
@@ -81,14 +88,16 @@ def convert_weatherbench(src: str | os.PathLike, dst: str | os.PathLike, *,
                          train_years: tuple[int, int] | None = None,
                          val_years: tuple[int, int] = VAL_YEARS,
                          test_years: tuple[int, int] = TEST_YEARS, every: int | None = None,
-                         resolution: str = "5.625deg", overwrite: bool = False,
+                         resolution: str = "5.625deg", lat: str | tuple | None = None,
+                         lon: str | tuple | None = None, overwrite: bool = False,
                          chunk_frames: int | None = None,
                          storage_options: dict | None = None) -> Dataset:
     """WeatherBench 5.625 deg per-variable, per-year NetCDF files, with OpenSTL's presets.
 
-    keys / levels / years / every override the preset. Channels: each key in turn, its levels
-    in the order given; single-level keys give one channel; `r` without levels keeps only its
-    last level (1000 hPa) as OpenSTL does."""
+    keys / levels / years / every override the preset; lat / lon ('LOW:HIGH' degrees) select a
+    region (longitudes wrap: -30:30 crosses Greenwich on the 0..354.375 grid). Channels: each
+    key in turn, its levels in the order given; single-level keys give one channel; `r` without
+    levels keeps only its last level (1000 hPa) as OpenSTL does."""
     if preset not in PRESETS:
         raise DatasetError(f"unknown WeatherBench preset {preset!r}; valid: {sorted(PRESETS)}")
     settings = PRESETS[preset]
@@ -126,6 +135,8 @@ def convert_weatherbench(src: str | os.PathLike, dst: str | os.PathLike, *,
         split_bounds={"train": bounds(train_years), "val": bounds(val_years),
                       "test": bounds(test_years)},
         metadata=metadata, time_dim="time", level_dim=None, every=every,
+        region=make_region(lat, lon),
         time_step=np.timedelta64(3600, "s"), overwrite=overwrite, chunk_frames=chunk_frames,
         storage_options=storage_options,
+        off_grid_hint=" (WeatherBench files are hourly; for other files use the xarray converter)",
     )

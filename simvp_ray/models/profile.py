@@ -2,7 +2,8 @@
 
 FLOPs are counted by `torch.utils.flop_counter` on one (1, T, C, H, W) sample in eval mode on
 the meta device (shapes only, no arithmetic), and halved: that counter counts a multiply-add as
-2 FLOPs while OpenSTL's tables (fvcore) count multiply-adds.
+2 FLOPs while OpenSTL's tables (fvcore) count multiply-adds. A grid that is not a multiple of
+the encoder's down-sampling factor is counted at its padded size (what the model computes).
 """
 
 from __future__ import annotations

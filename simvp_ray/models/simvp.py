@@ -1,13 +1,22 @@
 """SimVP: ConvSC encoder -> translator over stacked frames -> ConvSC decoder -> 1x1 readout.
 
 Shapes: B batch, T frames, C channels, (H, W) the frame; hid_S = `spatial_channels`,
-(H', W') = (H, W) / 2 ** (N_S // 2) the latent grid. forward: (B, T_in, C, H, W) ->
+(H', W') = ceil((H, W) / 2 ** (N_S // 2)) the latent grid. forward: (B, T_in, C, H, W) ->
 (B, T_out, C, H, W). Module names `enc`, `hid`, `dec` (and `dec.readout`) are OpenSTL's.
+
+Grids of any size: a frame whose H or W is not a multiple of the encoder's down-sampling factor
+(regional crops: ERA5 UK is 33 x 49) is padded at its bottom / right edges to the next multiple
+and each prediction is cropped back, so the loss and metrics see the real grid only. Padding
+replicates the edge values: unlike reflection it mirrors no interior structure (a front near the
+edge) into the margin, it works for any pad width (reflection needs pad < size), and unlike
+zeros it puts no artificial cliff at the edge of normalised fields. A grid that divides is not
+padded at all, so its outputs are bit-identical to OpenSTL's (the parity fixtures).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from simvp_ray.config import ModelConfig
@@ -59,11 +68,6 @@ def validate_model_config(config: ModelConfig) -> None:
     if config.num_spatial_layers < 2 or config.num_spatial_layers % 2:
         raise ValueError("model.num_spatial_layers (N_S) must be an even number >= 2, got "
                          f"{config.num_spatial_layers}")
-    factor = 2 ** (config.num_spatial_layers // 2)
-    if config.height % factor or config.width % factor:
-        raise ValueError(
-            f"frame size {config.height}x{config.width} is not divisible by the encoder's "
-            f"down-sampling factor {factor} (N_S={config.num_spatial_layers})")
     if config.spatial_channels % 2:
         raise ValueError("model.spatial_channels must be even (GroupNorm with 2 groups), got "
                          f"{config.spatial_channels}")
@@ -74,8 +78,8 @@ class SimVP(nn.Module):
         super().__init__()
         validate_model_config(config)
         self.config = config
-        factor = 2 ** (config.num_spatial_layers // 2)
-        latent = (config.height // factor, config.width // factor)
+        self.factor = 2 ** (config.num_spatial_layers // 2)  # the encoder's down-sampling
+        latent = tuple(-(-size // self.factor) for size in (config.height, config.width))
         hid_s = config.spatial_channels
         self.enc = Encoder(config.channels, hid_s, config.num_spatial_layers,
                            config.encoder_kernel)
@@ -95,20 +99,21 @@ class SimVP(nn.Module):
         if tuple(x.shape[1:3]) != expected:
             raise ValueError(f"expected {cfg.in_frames} frames of {cfg.channels} channels, got "
                              f"input shape {tuple(x.shape)}")
-        factor = 2 ** (cfg.num_spatial_layers // 2)
-        if x.shape[-2] % factor or x.shape[-1] % factor:
-            raise ValueError(f"frame size {x.shape[-2]}x{x.shape[-1]} is not divisible by the "
-                             f"encoder's down-sampling factor {factor}")
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
-        """One pass of OpenSTL's SimVP_Model: T_in frames in, T_in frames out."""
+        """One pass of OpenSTL's SimVP_Model: T_in frames in, T_in frames out (padded to the
+        down-sampling factor and cropped back when the grid does not divide)."""
         b, t, c, h, w = x.shape
-        latent, skip = self.enc(x.reshape(b * t, c, h, w))
+        frames = x.reshape(b * t, c, h, w)
+        pad_h, pad_w = -h % self.factor, -w % self.factor
+        if pad_h or pad_w:  # (N, C, H, W) -> (N, C, H + pad_h, W + pad_w), real grid top-left
+            frames = F.pad(frames, (0, pad_w, 0, pad_h), mode="replicate")
+        latent, skip = self.enc(frames)
         _, hid_s, h_, w_ = latent.shape
         # stack time into channels (time-major: channel t * hid_S + c)
         z = self.hid(latent.reshape(b, t * hid_s, h_, w_))
         y = self.dec(z.reshape(b * t, hid_s, h_, w_), skip)
-        return y.reshape(b, t, c, h, w)
+        return y[..., :h, :w].reshape(b, t, c, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T_in, C, H, W) -> (B, T_out, C, H, W).

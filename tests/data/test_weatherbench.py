@@ -106,3 +106,17 @@ def test_missing_year_and_variable(t2m_root, mv_root, tmp_path):
     with pytest.raises(ValueError, match="has no level 300"):
         convert_weatherbench(mv_root, tmp_path / "x.zarr", keys=["t"], levels=[300],
                              train_years=(2014, 2015))
+
+
+def test_region_across_greenwich(t2m_root, tmp_path):
+    ds = convert_weatherbench(t2m_root, tmp_path / "box.zarr", preset="t2m",
+                              train_years=(2010, 2010), val_years=(2011, 2011),
+                              test_years=(2012, 2012), lat="-10:90", lon="-60:60")
+    src = source(t2m_root, "2m_temperature", [2010, 2011, 2012])
+    lon = src["lon"].values  # 0, 50.625, ..., 354.375
+    columns = [6, 7, 0, 1]  # 303.75, 354.375, 0, 50.625: east from -60
+    np.testing.assert_allclose(ds.lon, np.where(lon[columns] > 180, lon[columns] - 360,
+                                                lon[columns]))
+    np.testing.assert_array_equal(ds.lat, src["lat"].values[2:])
+    np.testing.assert_array_equal(ds.frames[:, 0], src["t2m"].values[:, 2:][:, :, columns])
+    assert ds.attrs["region"] == {"lat": [-10.0, 90.0], "lon": [-60.0, 60.0]}
