@@ -50,7 +50,8 @@ def build_accumulator(setup: dict[str, Any], device: torch.device | str = "cpu"
         setup["out_frames"], setup["channels"], mean=setup["mean"], std=setup["std"],
         channel_names=setup["channel_names"],
         lat_weights=None if lat is None else latitude_weights(lat),
-        climatology=torch.tensor(setup["climatology"]), device=device)
+        climatology=torch.tensor(setup["climatology"]), device=device,
+        normalization=setup["normalization"])
 
 
 class WindowScorer:
@@ -97,6 +98,7 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
     setup = {
         "out_frames": config.model.out_frames, "channels": config.model.channels,
         "mean": stats.offset[picked].tolist(), "std": stats.scale[picked].tolist(),
+        "normalization": stats.kind,
         "channel_names": names, "lat": None if dataset.lat is None else dataset.lat.tolist(),
         "climatology": normalize(climatology.astype(np.float32),
                                  stats.select(picked)).astype(np.float64),
