@@ -44,8 +44,8 @@ Overall only: every *_openstl key but ssim_openstl / psnr_openstl (those also pe
   mse_frame_sum, mae_frame_sum (and *_phys)   the sum over (c, h, w) of e^2 or |e| per frame,
                     averaged over frames, i.e. mse * C * H * W (normalised / physical units).
 Per channel `<ch>` (only when channel_names are given): every per-lead key above but psnr*.
-With latitude weights w (H,) or (H, W), normalised here to mean 1 over the grid (WeatherBench:
-w = cos(lat) / mean(cos(lat)), see `latitude_weights`), per channel and per lead `.../t<k>`:
+With latitude weights w (H,) or (H, W), normalised here to mean 1 over the grid (WeatherBench 2's
+cell areas, see `latitude_weights`), per channel and per lead `.../t<k>`:
   wmse/<ch>         mean over samples of mean_hw(w e^2); wmse_phys/<ch> = wmse/<ch> * std_c^2
   wrmse/<ch>        sqrt(wmse/<ch>): the root after the mean over forecasts (init times), the
                     headline weather RMSE (WeatherBench 1, and WeatherBench 2's current `RMSE`);
@@ -107,7 +107,14 @@ _STATE_LAYOUT = {
 
 
 def latitude_weights(lat_deg: Tensor | Sequence[float]) -> Tensor:
-    """WeatherBench's area weights: cos(lat) / mean(cos(lat)) over the grid's latitudes, (H,)."""
+    """WeatherBench 2's area weights, (H,), mean 1: each row's cell area sin(upper) - sin(lower),
+    bounds halfway between rows and half a spacing beyond the edge rows, clipped to +-90.
+
+    On a global grid this is WB2's `get_lat_weights` (outer bounds at the poles, so a pole row
+    gets its half cell, not cos(90) = 0); on an evenly spaced grid without pole rows it equals
+    cos(lat) / mean(cos(lat)) (WeatherBench 1); a regional grid's edge cells stay regional.
+    Any row order (ERA5 runs north to south); spacing may vary.
+    """
     lat = torch.as_tensor(lat_deg, dtype=torch.float64)
     if lat.ndim != 1 or lat.numel() == 0:
         raise ValueError(
@@ -117,8 +124,19 @@ def latitude_weights(lat_deg: Tensor | Sequence[float]) -> Tensor:
         raise ValueError(
             f"latitudes must lie in [-90, 90] degrees, got min {lat.min()}, max {lat.max()}"
         )
-    weights = torch.cos(torch.deg2rad(lat))
-    return weights / weights.mean()
+    if lat.numel() == 1:
+        return torch.ones(1, dtype=torch.float64)
+    order = torch.argsort(lat)
+    rows = torch.deg2rad(lat[order])
+    if bool((rows.diff() <= 0).any()):
+        raise ValueError(f"latitudes must be distinct, got {lat.tolist()}")
+    inner = (rows[:-1] + rows[1:]) / 2
+    half_pi = torch.tensor([math.pi / 2], dtype=torch.float64)
+    lower = torch.cat([torch.maximum(rows[:1] - (inner[:1] - rows[:1]), -half_pi), inner])
+    upper = torch.cat([inner, torch.minimum(rows[-1:] + (rows[-1:] - inner[-1:]), half_pi)])
+    area = torch.empty_like(lat)
+    area[order] = torch.sin(upper) - torch.sin(lower)
+    return area / area.mean()
 
 
 def openstl_variables(channel_names: Sequence[str]) -> dict[str, list[int]]:

@@ -270,18 +270,22 @@ def test_ssim_openstl_perfect_in_unit_range():
 
 
 def test_latitude_weights():
-    lats = torch.linspace(-90, 90, 33)
+    # WeatherBench's 5.625 deg rows (no pole row): cell areas are exactly cos(lat) / mean
+    lats = torch.linspace(-87.1875, 87.1875, 32, dtype=torch.float64)
     w = latitude_weights(lats)
-    assert w.shape == (33,)
-    assert float(w.sum()) == pytest.approx(33.0)
-    assert float(w.mean()) == pytest.approx(1.0)
-    assert float(w[0]) == pytest.approx(0.0, abs=1e-12)
-    assert float(w[16]) == pytest.approx(float(w.max()))
-    assert torch.allclose(w, w.flip(0))
-    expected = np.cos(np.deg2rad(lats.numpy().astype(np.float64)))
-    np.testing.assert_allclose(w.numpy(), expected / expected.mean(), rtol=1e-12, atol=1e-15)
+    assert w.shape == (32,) and float(w.mean()) == pytest.approx(1.0)
+    expected = np.cos(np.deg2rad(lats.numpy()))
+    np.testing.assert_allclose(w.numpy(), expected / expected.mean(), rtol=1e-12)
+    np.testing.assert_allclose(latitude_weights(lats.flip(0)).numpy(), w.flip(0).numpy())
+    # pole rows get their half cell, 1 - cos(spacing / 2) of a unit sphere's band, not 0
+    poles = latitude_weights(torch.linspace(-90, 90, 33, dtype=torch.float64))
+    area = np.sin(np.deg2rad(np.r_[-90, np.arange(-87.1875, 90, 5.625), 90]))
+    np.testing.assert_allclose(poles.numpy(), np.diff(area) / np.diff(area).mean(), rtol=1e-12)
+    assert float(poles[0]) > 0 and torch.allclose(poles, poles.flip(0))
     with pytest.raises(ValueError, match="-90, 90"):
         latitude_weights([0.0, 91.0])
+    with pytest.raises(ValueError, match="distinct"):
+        latitude_weights([10.0, 10.0])
 
 
 def test_physical_units_are_normalised_scaled_by_std():
