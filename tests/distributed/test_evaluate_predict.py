@@ -184,12 +184,29 @@ def test_weatherbench_metrics_lat_weighted_rmse_and_acc(local_ray, tmp_path):
     windows = next(iter_numpy_batches(dataset, "test", 4, 4, 10_000))
     std = dataset.stats.scale[0]
     error = (windows["x"][:, -1:] - windows["y"])[:, :, 0] * std  # (N, T, H, W) kelvin
-    weights = np.cos(np.deg2rad(dataset.lat))[:, None]
+    weights = np.cos(np.deg2rad(dataset.lat))[:, None]  # = WB2's cell areas on this grid
     weights = weights / weights.mean()
-    per_forecast = np.sqrt((weights * error.astype(np.float64) ** 2).mean(axis=(2, 3)))  # (N, T)
+    per_forecast = (weights * error.astype(np.float64) ** 2).mean(axis=(2, 3))  # (N, T) MSE
     persistence = metrics["persistence"]
-    assert persistence["wrmse_phys/t2m"] == pytest.approx(per_forecast.mean(), rel=1e-6)
-    assert persistence["wrmse_phys/t2m/t2"] == pytest.approx(per_forecast[:, 1].mean(), rel=1e-6)
+    # WB2's RMSE: the root after the mean over forecasts; RMSESqrtBeforeTimeAvg: before it
+    assert persistence["wrmse_phys/t2m"] == pytest.approx(np.sqrt(per_forecast.mean()), rel=1e-6)
+    assert persistence["wrmse_phys/t2m/t2"] == pytest.approx(np.sqrt(per_forecast[:, 1].mean()),
+                                                             rel=1e-6)
+    assert persistence["wrmse_sqrt_before_time_avg_phys/t2m"] == pytest.approx(
+        np.sqrt(per_forecast).mean(), rel=1e-6)
     assert metrics["climatology"]["acc/t2m"] == 0.0  # its anomaly is zero everywhere
     assert -1.0 <= metrics["model"]["acc/t2m/t1"] <= 1.0
     assert np.isfinite(metrics["model"]["wrmse_phys/t2m"])
+    # 240 hourly steps: no year of training data, so the training mean, and metrics.json says so
+    assert metrics["climatology_kind"] == "train_mean" and "days" in metrics["climatology_reason"]
+
+    # OpenSTL's protocol: the test split z-scored with its own statistics; metric() de-normalises
+    # with the training std, so persistence's errors scale by std_train / std_test
+    out = tmp_path / "eval-openstl"
+    assert load_job("evaluate").main([str(tmp_path / "ck"), "--out", str(out), "--no-cost",
+                                      "--protocol", "openstl"]) == 0
+    openstl = json.loads((out / "metrics.json").read_text())
+    assert openstl["protocol"] == "openstl"
+    ratio = std / openstl["period_stats"]["std"][0]
+    assert openstl["persistence"]["wrmse_phys/t2m"] == pytest.approx(
+        ratio * persistence["wrmse_phys/t2m"], rel=1e-5)
