@@ -530,3 +530,31 @@ def test_openstl_variable_groups():
     assert openstl_variables(["t2m", "t_500", "t_850"]) == {"t2m": [0], "t": [1, 2]}
     with pytest.raises(ValueError, match="normalization 'robust'; valid"):
         MetricAccumulator(T, C, normalization="robust")
+
+
+def test_the_training_loop_reports_the_paper_table_keys(tmp_path):
+    """loop.evaluate passes the store's normalisation kind on and reports val/*_openstl."""
+    from simvp_ray.train.loop import Runtime, evaluate
+    from simvp_ray.train.performance import SpeedOptions
+
+    _, (pred, target), _ = openstl_case("taxibj")
+    x = pred.float()  # inputs whose last frames are the "forecast" of the model below
+
+    class LastFrames(torch.nn.Module):
+        def forward(self, inputs):
+            return inputs[:, -target.shape[1]:]
+
+    runtime = Runtime(train_batches=lambda epoch: [], val_batches=lambda: [{"x": x, "y": target}],
+                      steps_per_epoch=1, checkpoint_dir=tmp_path, report=lambda *a: None,
+                      mean=np.array([-1.0, -1.0]), std=np.array([2.0, 2.0]),
+                      normalization="minmax")
+    metrics = evaluate(LastFrames(), runtime.val_batches(), runtime, SpeedOptions(),
+                       target.shape[1], target.shape[2])
+    direct = MetricAccumulator(target.shape[1], 2, mean=[-1.0, -1.0], std=[2.0, 2.0],
+                               normalization="minmax")
+    direct.update(x[:, -target.shape[1]:].double(), target)
+    want = direct.compute()
+    for key in ("mse_openstl", "mae_openstl", "rmse_openstl", "ssim_openstl", "psnr_openstl",
+                "openstl_spatial_norm"):
+        assert metrics[f"val/{key}"] == pytest.approx(want[key], rel=1e-6), key
+    assert metrics["val/openstl_spatial_norm"] == 0.0
