@@ -147,6 +147,10 @@ def test_the_markdown_tables_show_lat_weighted_rmse_and_acc_per_variable():
                         "device": "cpu"}}
     table = format_evaluation(results)
     assert "| t2m | all | 1.4 | 1.4 | 1.4 | 0.95 | 0.95 |" in table
+    assert "| forecast | mse | mae | ssim | psnr |" in table  # no openstl_spatial_norm: image
+    metrics.update(mse_openstl=2.0, mae_openstl=1.0, rmse_openstl=1.4, openstl_spatial_norm=1.0)
+    weather = format_evaluation(results)
+    assert "| forecast | mse | mae | rmse |" in weather and "| model | 2 | 1 | 1.4 |" in weather
     assert "| t+1 |" in table and "| 1.500 | 2.000 | 12.0 | cpu |" in table
 
 
