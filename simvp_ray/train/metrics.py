@@ -84,8 +84,6 @@ _KEY_ORDER = [
     "mse_phys", "mae_phys", "rmse_phys", "ssim_phys", "psnr_phys",
     "ssim_openstl", "psnr_openstl",
 ]  # fmt: skip
-_WEATHER_KEYS = ("wmse", "wmse_phys", "wrmse", "wrmse_phys", "wrmse_sqrt_before_time_avg",
-                 "wrmse_sqrt_before_time_avg_phys", "acc")
 
 # name -> shape kind of each sum in the state; the order fixes the flat layout
 _STATE_LAYOUT = {
