@@ -225,7 +225,9 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"no trial of {frame.attrs.get('url', 'the experiment')} finished, "
                          f"so there is nothing to tabulate: {problems}")
     units, quality = paper_columns(frame)
-    columns = [c for c, _ in COST] + [c for c, _, _ in quality]
+    # our own columns stay in the table (and the CSV); the Markdown shows the paper's
+    columns = [c for c, _ in COST] + list(dict.fromkeys(
+        [c for c, _, _ in QUALITY] + [c for c, _, _ in quality]))
     groups = list(dict.fromkeys(frame["group"]))  # plan order: gsta, incepu / x1, x3, ...
     stats = finished.groupby("group", sort=False)[columns].agg(["mean", "std"])
     table = stats.reindex(groups)

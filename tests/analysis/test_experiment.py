@@ -166,6 +166,8 @@ def test_analyze_prints_the_published_tables_columns(tmp_path, capsys, paper, he
     for cell in cells:  # mean ± std over the two seeds, in the published units, best in bold
         assert cell in gsta
     assert "OpenSTL's published units" in printed
+    table = summary_table(load_experiment(str(root)))  # our own columns are kept beside them
+    assert table.loc["gsta", ("mse", "mean")] == pytest.approx(0.32)
     assert ("summed over C x H x W per frame" in printed) == (paper is mmnist_units)
     assert ("physical units, per variable" in printed) == (paper is weather_units)
 
