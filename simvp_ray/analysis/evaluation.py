@@ -8,6 +8,8 @@ from typing import Any
 FORECASTS = ("model", "persistence", "climatology")
 OVERALL = ("mse", "mae", "rmse", "ssim", "psnr", "rmse_phys", "mae_phys")
 PER_LEAD = ("mse", "rmse_phys", "ssim")
+OPENSTL_IMAGE = ("mse", "mae", "ssim", "psnr")
+OPENSTL_WEATHER = ("mse", "mae", "rmse")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -29,9 +31,22 @@ def format_evaluation(results: dict[str, Any]) -> str:
              f"checkpoint `{results['checkpoint']}` (epoch {results['epoch'] + 1}), "
              f"{results['windows']} windows, {results['out_frames']} lead times; channels "
              f"{units}. `*_phys` are in physical units, the rest normalised; climatology = "
-             f"{results['climatology_definition']}.", ""]
+             f"{results['climatology_definition']}"
+             + (f" ({results['climatology_reason']})" if results.get("climatology_reason")
+                else "")
+             + (f"; protocol {results['protocol']}: {results['protocol_definition']}"
+                if results.get("protocol", "default") != "default" else "") + ".", ""]
     lines += _table(["forecast", *OVERALL],
                     [[name, *(_number(results[name].get(key)) for key in OVERALL)]
+                     for name in FORECASTS])
+    # the published tables' columns: Moving MNIST / TaxiBJ (per-frame sums), or weather
+    weather = results["model"].get("openstl_spatial_norm") == 1.0
+    columns = OPENSTL_WEATHER if weather else OPENSTL_IMAGE
+    lines += ["", "OpenSTL's published-table metrics (`*_openstl`; "
+              + ("per-pixel means in physical units, per variable then averaged" if weather else
+                 "MSE / MAE summed over C x H x W per frame on OpenSTL's [0, 1] scale") + "):", ""]
+    lines += _table(["forecast", *columns],
+                    [[name, *(_number(results[name].get(f"{key}_openstl")) for key in columns)]
                      for name in FORECASTS])
     lines += ["", "Per lead time:", ""]
     header = ["lead"] + [f"{key} {name}" for key in PER_LEAD for name in FORECASTS]
@@ -40,8 +55,8 @@ def format_evaluation(results: dict[str, Any]) -> str:
             for t in range(1, results["out_frames"] + 1)]
     lines += _table(header, rows)
     if results.get("latitude_weighted"):
-        lines += ["", "Latitude-weighted RMSE (physical units) and ACC per variable "
-                  "(WeatherBench):", ""]
+        lines += ["", "Latitude-weighted RMSE (physical units; WeatherBench 2's RMSE, the root "
+                  "after the mean over forecasts) and ACC per variable:", ""]
         header = ["variable", "lead"] + [f"wrmse {n}" for n in FORECASTS] + [
             f"acc {n}" for n in FORECASTS[:2]]
         rows = []

@@ -32,7 +32,24 @@ MANIFEST_FILE = "simvp_experiment.json"  # kind, base config, trials: simvp_ray.
 FINISHED, STOPPED, FAILED, UNFINISHED = "finished", "stopped early", "failed", "unfinished"
 # (column, label in the table, lower is better); params/FLOPs/time/speed are not "best" cells
 QUALITY = [("mse", "MSE", True), ("mae", "MAE", True), ("ssim", "SSIM", False),
-           ("psnr", "PSNR", False)]
+           ("psnr", "PSNR", False)]  # ours; the table's columns for runs without *_openstl keys
+# The published tables' columns (OpenSTL's metric(), simvp_ray.train.metrics), chosen by the
+# run's openstl_spatial_norm: 0 = Moving MNIST / TaxiBJ, 1 = weather (per-variable means)
+PAPER_IMAGE = [("mse_openstl", "MSE", True), ("mae_openstl", "MAE", True),
+               ("ssim_openstl", "SSIM", False), ("psnr_openstl", "PSNR", False)]
+PAPER_WEATHER = [("mse_openstl", "MSE", True), ("mae_openstl", "MAE", True),
+                 ("rmse_openstl", "RMSE", True)]
+PAPER_UNITS = {
+    "image": "Quality columns in OpenSTL's published units (Moving MNIST / TaxiBJ tables): MSE and "
+             "MAE summed over C x H x W per frame on the [0, 1] scale, SSIM (scikit-image, 7x7, "
+             "clipped prediction) and PSNR (dB) as OpenSTL's metric().",
+    "weather": "Quality columns in OpenSTL's published units (WeatherBench tables): MSE, MAE and "
+               "RMSE per-pixel means in physical units, per variable then averaged over "
+               "variables (the mv tables' \"sum\" columns).",
+    "ours": "Quality columns: validation MSE / MAE per pixel (normalised), SSIM / PSNR "
+            "(Gaussian 11x11, range 1); this run reported no OpenSTL-unit metrics.",
+}
+PAPER_KEYS = ["openstl_spatial_norm"] + [c for c, _, _ in PAPER_IMAGE + PAPER_WEATHER[2:]]
 COST = [("params_m", "Params (M)"), ("gflops", "FLOPs (G)"),
         ("epoch_time_s", "Train time / epoch (s)"),
         ("infer_samples_per_s", "Inference (samples/s)")]
@@ -172,7 +189,21 @@ def _searched_spec(fs: fsspec.AbstractFileSystem, trial_dir: str, name: str) -> 
 
 
 def _final_metrics(epoch: dict[str, Any]) -> dict[str, float]:
-    return {key: epoch.get(f"val/{key}", math.nan) for key, _, _ in QUALITY}
+    keys = [key for key, _, _ in QUALITY] + PAPER_KEYS
+    return {key: epoch.get(f"val/{key}", math.nan) for key in keys}
+
+
+def paper_columns(frame: pd.DataFrame) -> tuple[str, list[tuple[str, str, bool]]]:
+    """("image" | "weather" | "ours", the quality columns) of the finished trials: the published
+    tables' units where the runs reported them (a ValueError when runs mix the two kinds)."""
+    finished = frame[frame["status"] == FINISHED]
+    norms = set(finished.get("openstl_spatial_norm", pd.Series(dtype=float)).dropna())
+    if not norms:
+        return "ours", QUALITY
+    if len(norms) > 1:
+        raise ValueError("the finished trials mix image (min-max) and weather (z-score) stores; "
+                         "their OpenSTL columns have different units: analyse them apart")
+    return ("weather", PAPER_WEATHER) if norms.pop() == 1.0 else ("image", PAPER_IMAGE)
 
 
 def _cell(value: Any) -> Any:
@@ -193,13 +224,17 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
                              for row in frame.itertuples())
         raise ValueError(f"no trial of {frame.attrs.get('url', 'the experiment')} finished, "
                          f"so there is nothing to tabulate: {problems}")
-    columns = [c for c, _ in COST] + [c for c, _, _ in QUALITY]
+    units, quality = paper_columns(frame)
+    # our own columns stay in the table (and the CSV); the Markdown shows the paper's
+    columns = [c for c, _ in COST] + list(dict.fromkeys(
+        [c for c, _, _ in QUALITY] + [c for c, _, _ in quality]))
     groups = list(dict.fromkeys(frame["group"]))  # plan order: gsta, incepu / x1, x3, ...
     stats = finished.groupby("group", sort=False)[columns].agg(["mean", "std"])
     table = stats.reindex(groups)
     table[("epochs", "")] = frame.groupby("group", sort=False)["epochs"].first().reindex(groups)
     table[("seeds", "finished")] = finished.groupby("group").size().reindex(groups).fillna(0)
     table[("seeds", "total")] = frame.groupby("group").size().reindex(groups)
+    table.attrs.update(units=units, quality=quality)
     return table
 
 
@@ -212,15 +247,17 @@ def _fmt(mean: float, std: float, digits: int) -> str:
 
 def _digits(column: str) -> int:
     return {"params_m": 3, "gflops": 3, "epoch_time_s": 2, "infer_samples_per_s": 0,
-            "psnr": 2}.get(column, 4)
+            "psnr": 2, "psnr_openstl": 2}.get(column, 4)
 
 
 def table_markdown(table: pd.DataFrame, kind: str = "variants") -> str:
-    """Markdown: mean ± std over seeds; the best mean of each quality column in bold."""
+    """Markdown: mean ± std over seeds; the best mean of each quality column in bold; a line
+    under the table names the quality columns' units."""
+    quality = table.attrs.get("quality", QUALITY)
     head = [ROW_LABEL.get(kind, "row"), "epochs"] + [label for _, label in COST] + [
-        label for _, label, _ in QUALITY] + ["seeds"]
+        label for _, label, _ in quality] + ["seeds"]
     best = {}
-    for column, _, lower in QUALITY:
+    for column, _, lower in quality:
         means = table[(column, "mean")].dropna()
         if not means.empty:
             best[column] = means.idxmin() if lower else means.idxmax()
@@ -230,11 +267,12 @@ def table_markdown(table: pd.DataFrame, kind: str = "variants") -> str:
         # params and FLOPs are fixed by the model: a spread over seeds would only be noise
         cells += [_fmt(row[(c, "mean")], math.nan if c in FIXED else row[(c, "std")],
                        _digits(c)) for c, _ in COST]
-        for column, _, _ in QUALITY:
+        for column, _, _ in quality:
             text = _fmt(row[(column, "mean")], row[(column, "std")], _digits(column))
             cells.append(f"**{text}**" if best.get(column) == group else text)
         cells.append(f"{row[('seeds', 'finished')]:g}/{row[('seeds', 'total')]:g}")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", PAPER_UNITS[table.attrs.get("units", "ours")]]
     return "\n".join(lines) + "\n"
 
 

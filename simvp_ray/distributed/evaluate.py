@@ -4,6 +4,13 @@ overall, next to the persistence and climatology baselines, plus the model's cos
 Model actors (`map_batches`, CPU or GPU) turn each batch of windows into the exact metric sums
 of `MetricAccumulator`; the driver adds them and divides once, so the numbers equal the training
 job's validation metrics for the same split and checkpoint (to float64 summation order).
+
+Climatology (baseline and ACC reference): WeatherBench 2's day-of-year (and hour-of-day)
+climatology of the training split when it covers a year and the batches carry each window's
+time index `t0`, else the training mean (`climatology="auto"`); metrics.json says which.
+Protocols: "default" normalises every split with the store's training statistics (leak-free);
+"openstl" normalises inputs and targets with the evaluated split's own z-score statistics, as
+OpenSTL's weather loader does (spec/data.md 2.2), and de-normalises as its `metric()` does.
 """
 
 from __future__ import annotations
@@ -17,9 +24,15 @@ import torch
 
 from simvp_ray.analysis.evaluation import format_evaluation
 from simvp_ray.config import to_dict
-from simvp_ray.data.climatology import train_climatology
-from simvp_ray.data.normalization import normalize
+from simvp_ray.data.climatology import (
+    day_of_year_climatology,
+    resolve_climatology,
+    split_stats,
+    train_climatology,
+)
+from simvp_ray.data.normalization import Stats, normalize
 from simvp_ray.data.ray_data import build_ray_datasets
+from simvp_ray.data.windows import window_offsets
 from simvp_ray.distributed.batch_inference import (
     actor_options,
     fetch_checkpoint,
@@ -32,13 +45,25 @@ from simvp_ray.distributed.trainer import ensure_ray, quiet_ray_data
 from simvp_ray.train.loop import speed_options
 from simvp_ray.train.metrics import (
     MetricAccumulator,
-    climatology_forecast,
     latitude_weights,
+    openstl_variables,
     persistence_forecast,
 )
 from simvp_ray.train.performance import autocast
 
 FORECASTS = ("model", "persistence", "climatology")
+PROTOCOLS = ("default", "openstl")
+PROTOCOL_DEFINITIONS = {
+    "default": "inputs and targets normalised with the training statistics",
+    "openstl": "inputs and targets normalised with the evaluated split's own z-score statistics "
+               "(OpenSTL's weather loader); *_phys de-normalise with the training statistics, or "
+               "the split's own for multi-variable sets, as OpenSTL's metric()",
+}
+CLIMATOLOGY_DEFINITIONS = {
+    "train_mean": "per-channel, per-pixel mean of the valid training frames",
+    "day_of_year": "WeatherBench 2's day-of-year (and hour-of-day) climatology of the training "
+                   "split, 61-day window, at each target frame's valid time",
+}
 METRICS_FILE, TABLE_FILE = "metrics.json", "metrics.md"
 
 
@@ -49,8 +74,21 @@ def build_accumulator(setup: dict[str, Any], device: torch.device | str = "cpu"
     return MetricAccumulator(
         setup["out_frames"], setup["channels"], mean=setup["mean"], std=setup["std"],
         channel_names=setup["channel_names"],
-        lat_weights=None if lat is None else latitude_weights(lat),
-        climatology=torch.tensor(setup["climatology"]), device=device)
+        lat_weights=None if lat is None else latitude_weights(lat), device=device,
+        normalization=setup["normalization"])
+
+
+def window_climatology(setup: dict[str, Any], t0: np.ndarray | None, batch_size: int
+                       ) -> np.ndarray:
+    """(B, T_out, C, H, W) climatology (evaluation units) at each target frame's valid time."""
+    if setup["climatology_table"] is None:
+        static = setup["climatology"]  # (C, H, W)
+        return np.broadcast_to(static, (batch_size, setup["out_frames"], *static.shape))
+    if t0 is None:
+        raise ValueError("a day-of-year climatology needs each window's time index: the "
+                         "batches carry no t0")
+    rows = setup["climatology_rows"][t0[:, None] + setup["target_steps"][None, :]]
+    return setup["climatology_table"][rows]
 
 
 class WindowScorer:
@@ -61,49 +99,111 @@ class WindowScorer:
         self.device = next(self.model.parameters()).device
         self.options = speed_options(state["config"])
         self.setup = setup
-        self.climatology = torch.tensor(setup["climatology"], dtype=torch.float32,
-                                        device=self.device)  # (C, H, W) normalised
+        # OpenSTL's protocol: x -> x * a + b turns training-normalised into period-normalised
+        self.renorm = None if setup["renorm"] is None else [
+            torch.tensor(v, dtype=torch.float32, device=self.device).view(1, 1, -1, 1, 1)
+            for v in setup["renorm"]]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # torch.tensor copies: Ray's batches are read-only views
         x = torch.tensor(batch["x"], dtype=torch.float32, device=self.device)
         y = torch.tensor(batch["y"], dtype=torch.float32, device=self.device)
+        if self.renorm is not None:
+            x, y = x * self.renorm[0] + self.renorm[1], y * self.renorm[0] + self.renorm[1]
         out_frames = self.setup["out_frames"]
         with torch.no_grad():
             with autocast(self.options, self.device):  # as the training loop's evaluate()
                 pred = self.model(x)
+        clim = torch.tensor(window_climatology(self.setup, batch.get("t0"), len(x)),
+                            dtype=torch.float32, device=self.device)
         forecasts = {"model": pred.float(), "persistence": persistence_forecast(x, out_frames),
-                     "climatology": climatology_forecast(self.climatology, len(x), out_frames)}
+                     "climatology": clim}
         row = {"windows": np.array([len(x)])}
         for name, forecast in forecasts.items():
             accumulator = build_accumulator(self.setup, self.device)
-            accumulator.update(forecast, y)
+            accumulator.update(forecast, y, climatology=clim)
             row[name] = accumulator.state().cpu().numpy()[None]  # (1, S) float64 sums
         return row
 
 
+def protocol_stats(dataset, split: str, names: list[str], protocol: str
+                   ) -> tuple[Stats, Stats]:
+    """(statistics the model's inputs are normalised with, statistics the metrics de-normalise
+    with) for `protocol`; a ValueError for a protocol the store cannot support."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r}; valid: {list(PROTOCOLS)}")
+    train = dataset.stats.select([dataset.channels.index(name) for name in names])
+    if protocol == "default":
+        return train, train
+    if train.kind != "zscore":
+        raise ValueError(f"--protocol openstl re-normalises z-score (weather) stores per period; "
+                         f"{dataset.url} is {train.kind} (OpenSTL scales Moving MNIST and TaxiBJ "
+                         "with fixed constants, which is the default protocol already)")
+    period = split_stats(dataset, split, names)
+    # OpenSTL's metric() de-normalises with the train statistics, but with the period's own
+    # for its multi-variable sets (the mv loader overwrites its mean / std)
+    grouped = len(openstl_variables(names)) > 1
+    return period, period if grouped else train
+
+
+def renormalization(stored: Stats, wanted: Stats) -> list[list[float]] | None:
+    """(a, b) per channel with x * a + b taking values normalised with `stored` to values
+    normalised with `wanted`; None when they are the same."""
+    if np.array_equal(stored.offset, wanted.offset) and np.array_equal(stored.scale, wanted.scale):
+        return None
+    return [(stored.scale / wanted.scale).tolist(),
+            ((stored.offset - wanted.offset) / wanted.scale).tolist()]
+
+
+def climatology_setup(dataset, names: list[str], split: str, kind: str, inputs: Stats,
+                      target_steps: np.ndarray) -> dict[str, Any]:
+    """The climatology entries of the actors' setup, in evaluation (normalised) units."""
+    if kind == "train_mean":
+        clim = normalize(train_climatology(dataset, names).astype(np.float32), inputs)
+        return {"climatology": clim, "climatology_table": None, "climatology_rows": None}
+    clim = day_of_year_climatology(dataset, names)
+    table = clim.table.reshape(-1, *clim.table.shape[2:]).astype(np.float32)
+    start, stop = dataset.split_range(split)
+    rows = np.zeros(dataset.n_steps, np.int64)  # only valid steps of the split are looked up
+    valid = start + np.flatnonzero(dataset.valid[start:stop])
+    rows[valid] = clim.rows(dataset.time[valid])
+    return {"climatology": None, "climatology_table": normalize(table, inputs),
+            "climatology_rows": rows, "target_steps": target_steps}
+
+
 def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = None,
                    out: str | None = None, num_actors: int = 1, use_gpu: bool = False,
-                   batch_size: int | None = None, cost: bool = True) -> dict[str, Any]:
+                   batch_size: int | None = None, cost: bool = True, protocol: str = "default",
+                   climatology: str = "auto") -> dict[str, Any]:
     """Evaluate `checkpoint` on `split` of its store (or `data`); writes metrics.json and
-    metrics.md under `out` when given (a local folder or URL). Returns the metrics dict."""
+    metrics.md under `out` when given (a local folder or URL). Returns the metrics dict.
+    protocol: "default" or "openstl"; climatology: "auto", "day_of_year" or "train_mean"."""
     payload = fetch_checkpoint(checkpoint)
     config, dataset, names = open_checked(payload, data)
     if split not in dataset.splits:
         raise ValueError(f"{dataset.url}: no split {split!r}; valid: {sorted(dataset.splits)}")
-    picked = [dataset.channels.index(name) for name in names]
-    stats = dataset.stats
-    climatology = train_climatology(dataset, names)
-    setup = {
-        "out_frames": config.model.out_frames, "channels": config.model.channels,
-        "mean": stats.offset[picked].tolist(), "std": stats.scale[picked].tolist(),
-        "channel_names": names, "lat": None if dataset.lat is None else dataset.lat.tolist(),
-        "climatology": normalize(climatology.astype(np.float32),
-                                 stats.select(picked)).astype(np.float64),
-    }
+    inputs, denorm = protocol_stats(dataset, split, names, protocol)
+    train = dataset.stats.select([dataset.channels.index(name) for name in names])
+    clim_kind, clim_reason = resolve_climatology(dataset, climatology)
     ensure_ray(num_actors)
     quiet_ray_data()
     windows = build_ray_datasets(config.data, config.model, seed=config.train.seed)[split]
+    if clim_kind == "day_of_year" and "t0" not in windows.schema().names:
+        why = "the store's batches carry no window time index t0"
+        if climatology == "day_of_year":
+            raise ValueError(f"cannot use a day-of-year climatology: {why}")
+        clim_kind, clim_reason = "train_mean", why
+    offsets = window_offsets(config.model.in_frames, config.model.out_frames,
+                             config.data.frame_step, config.data.frame_offsets or None)
+    target = offsets[config.model.in_frames:]
+    setup = {
+        "out_frames": config.model.out_frames, "channels": config.model.channels,
+        "mean": denorm.offset.tolist(), "std": denorm.scale.tolist(),
+        "normalization": denorm.kind,
+        "channel_names": names, "lat": None if dataset.lat is None else dataset.lat.tolist(),
+        "renorm": renormalization(train, inputs),
+        **climatology_setup(dataset, names, split, clim_kind, inputs, target - target[0]),
+    }
     scored = windows.map_batches(
         WindowScorer, fn_constructor_kwargs={"state": model_state(payload), "setup": setup,
                                              "use_gpu": use_gpu},
@@ -117,11 +217,16 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
         "checkpoint": payload["url"], "checkpoint_sha256": payload["sha256"],
         "epoch": payload["epoch"], "data": config.data.url, "split": split,
         "windows": int(totals["windows"]), "channels": names,
-        "units": [dataset.units[i] for i in picked],
+        "units": [dataset.units[dataset.channels.index(name)] for name in names],
         "out_frames": config.model.out_frames,
-        "climatology_definition": "per-channel, per-pixel mean of the valid training frames",
+        "protocol": protocol,
+        "protocol_definition": PROTOCOL_DEFINITIONS[protocol],
+        "climatology_kind": clim_kind, "climatology_reason": clim_reason,
+        "climatology_definition": CLIMATOLOGY_DEFINITIONS[clim_kind],
         "latitude_weighted": dataset.lat is not None,
     }
+    if protocol == "openstl":
+        results["period_stats"] = {"mean": inputs.offset.tolist(), "std": inputs.scale.tolist()}
     for name in FORECASTS:
         accumulator = build_accumulator(setup)
         accumulator.load_state(torch.from_numpy(totals[name]))

@@ -185,6 +185,7 @@ def build_trainer(config: ExperimentConfig, *, storage: str, name: str,
         "num_train_windows": count_split_windows(config.data, config.model, "train"),
         "mean": dataset.stats.offset[picked].tolist(),
         "std": dataset.stats.scale[picked].tolist(),
+        "normalization": dataset.stats.kind,  # OpenSTL's metric convention for this store
         "channel_names": names,
         "lat": None if dataset.lat is None else dataset.lat.tolist(),
     }

@@ -99,6 +99,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
             steps_per_epoch=steps_per_epoch, checkpoint_dir=Path(checkpoint_dir),
             report=report, device=device, mean=np.asarray(loop_config["mean"]),
             std=np.asarray(loop_config["std"]), channel_names=loop_config["channel_names"],
+            normalization=loop_config.get("normalization", "zscore"),
             latitudes=None if loop_config["lat"] is None else np.asarray(loop_config["lat"]),
             rank=rank,
             world_size=world,

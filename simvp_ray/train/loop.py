@@ -36,7 +36,10 @@ from simvp_ray.train.performance import (
 Batch = Mapping[str, Any]  # {"x": (B, T_in, C, H, W), "y": (B, T_out, C, H, W)} arrays/tensors
 # The headline keys reported each epoch; per-lead-time keys are reported for these too.
 HEADLINE = ("mse", "mae", "rmse", "ssim", "psnr", "mse_phys", "mae_phys", "rmse_phys",
-            "mse_frame_sum", "mae_frame_sum", "wrmse", "wrmse_phys")
+            "mse_frame_sum", "mae_frame_sum", "wrmse", "wrmse_phys",
+            # OpenSTL's published-table columns (the paper table of jobs/analyze.py)
+            "mse_openstl", "mae_openstl", "rmse_openstl", "ssim_openstl", "psnr_openstl",
+            "openstl_spatial_norm")
 
 
 def _no_op_reduce(tensor: torch.Tensor) -> None:
@@ -55,6 +58,7 @@ class Runtime:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     mean: np.ndarray | None = None  # per-channel normalisation, for metrics in physical units
     std: np.ndarray | None = None
+    normalization: str = "zscore"  # the store's kind: OpenSTL's metric convention (metrics.py)
     channel_names: list[str] | None = None
     latitudes: np.ndarray | None = None  # (H,) degrees: latitude-weighted RMSE (WeatherBench)
     rank: int = 0
@@ -87,7 +91,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable[Batch], runtime: Runtime,
     accumulators = {
         name: MetricAccumulator(out_frames, channels, mean=runtime.mean, std=runtime.std,
                                 channel_names=runtime.channel_names, lat_weights=lat_weights,
-                                device=runtime.device)
+                                device=runtime.device, normalization=runtime.normalization)
         for name in ("val", "val_persistence")
     }
     with torch.no_grad():

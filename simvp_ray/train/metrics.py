@@ -19,24 +19,39 @@ Overall keys (each also per lead time as `<key>/t1` ... `<key>/tT`, a mean over 
                     (default data_range * std_c; SSIM is not shift-invariant, so it differs)
   psnr, psnr_phys   mean over frames of -10 log10(mean over (c, h, w) of (e_c / R_c)^2), each
                     frame's MSE floored at 1e-10, so a perfect frame scores 100 dB, not inf
-  ssim_openstl, psnr_openstl   OpenSTL's published-table convention (openstl/core/metrics.py with
-                    scikit-image <= 0.19, which it pins): on physical values with the prediction
-                    (only) clipped to [0, 1]; SSIM is skimage's structural_similarity defaults per
-                    channel: 7x7 uniform window, sample covariance (x 49/48), data range 2 (the
-                    float dtype range [-1, 1]), valid region only; PSNR per frame with range 1.
-                    Meaningful where physical data lie in [0, 1] (Moving MNIST, TaxiBJ)
-Overall only:
-  mse_frame_sum, mae_frame_sum (and *_phys)   OpenSTL's MSE/MAE for Moving MNIST and TaxiBJ
-                    (`spatial_norm=False`): the sum over (c, h, w) of e^2 or |e| per frame, averaged
-                    over frames, i.e. mse * C * H * W. Its weather numbers (`spatial_norm=True`)
-                    are per-pixel means of denormalised values: our mse_phys / mae_phys / rmse_phys
-                    (its RMSE is the root of the pooled MSE too).
-Per channel `<ch>` (only when channel_names are given): every key above but psnr* and *frame_sum.
-With latitude weights w (H,) or (H, W), normalised here to mean 1 over the grid (WeatherBench:
-w = cos(lat) / mean(cos(lat)), see `latitude_weights`), per channel and per lead `.../t<k>`:
-  wmse/<ch>         mean over samples of mean_hw(w e^2)  (sqrt of it is WeatherBench 1's RMSE)
-  wrmse/<ch>        mean over samples of sqrt(mean_hw(w e^2))  (WeatherBench 2: RMSE per forecast,
-                    then averaged over forecasts); wrmse_phys/<ch> = wrmse/<ch> * std_c
+OpenSTL's published-table metrics (openstl/core/metrics.py `metric()`, skimage <= 0.19, which it
+pins), on OpenSTL's values v: the store's `normalization` picks them. "minmax" stores (Moving
+MNIST, TaxiBJ) hold OpenSTL's [0, 1] scale as our normalised values (its mean 0 / std 1), so
+v = pred, target; "zscore" stores (weather) are de-normalised with mean/std, as OpenSTL does with
+its loader's statistics, so v = physical values:
+  ssim_openstl      OpenSTL's `cal_ssim` on v with the prediction (only) clipped to [0, 1]:
+                    skimage's structural_similarity defaults per channel (7x7 uniform window,
+                    sample covariance x 49/48, data range 2 = the float dtype range [-1, 1],
+                    valid region only), averaged over channels and frames
+  psnr_openstl      per frame -10 log10(mean over (c, h, w) of (clip(v_pred) - v_target)^2),
+                    averaged over frames (floored as psnr above, where OpenSTL gives inf)
+  mse_openstl, mae_openstl, rmse_openstl   OpenSTL's MSE / MAE / RMSE of the dataset kind:
+                    minmax (`spatial_norm=False`): the per-frame sums over (c, h, w) of e_v^2,
+                    |e_v| averaged over frames (= mse_frame_sum, mae_frame_sum), RMSE the root of
+                    that; zscore (`spatial_norm=True`): per-pixel means of the physical error,
+                    per variable (its `mv` sets: channels `<var>_<level>` grouped by `<var>`;
+                    any other store is one pooled variable, as OpenSTL's t2m / uv10), then the
+                    plain mean over variables; each variable's RMSE is the root of its pooled
+                    MSE; per variable also as `<key>/<var>` where there is more than one
+  openstl_spatial_norm   1.0 when the *_openstl MSE / MAE are per-pixel means (zscore), 0.0 when
+                    they are per-frame sums (minmax): the unit of those two numbers
+Overall only: every *_openstl key but ssim_openstl / psnr_openstl (those also per lead), and
+  mse_frame_sum, mae_frame_sum (and *_phys)   the sum over (c, h, w) of e^2 or |e| per frame,
+                    averaged over frames, i.e. mse * C * H * W (normalised / physical units).
+Per channel `<ch>` (only when channel_names are given): every per-lead key above but psnr*.
+With latitude weights w (H,) or (H, W), normalised here to mean 1 over the grid (WeatherBench 2's
+cell areas, see `latitude_weights`), per channel and per lead `.../t<k>`:
+  wmse/<ch>         mean over samples of mean_hw(w e^2); wmse_phys/<ch> = wmse/<ch> * std_c^2
+  wrmse/<ch>        sqrt(wmse/<ch>): the root after the mean over forecasts (init times), the
+                    headline weather RMSE (WeatherBench 1, and WeatherBench 2's current `RMSE`);
+                    overall, the root of the mean over forecasts and leads. wrmse_phys = * std_c
+  wrmse_sqrt_before_time_avg/<ch>   mean over samples of sqrt(mean_hw(w e^2)): WeatherBench 2's
+                    `RMSESqrtBeforeTimeAvg` (root per forecast, then the mean); (_phys: * std_c)
 With a climatology K ((C, H, W), (T, C, H, W), or per batch (B, T, C, H, W); normalised units), per
 channel and lead: acc/<ch> = mean over samples of sum_hw(w f a) / sqrt(sum_hw(w f^2) sum_hw(w a^2)),
 f = pred - K, a = target - K (WeatherBench 2's uncentred ACC; w = 1 without latitude weights; 0
@@ -59,6 +74,10 @@ PSNR_MSE_FLOOR = 1e-10  # caps PSNR at 100 dB so one perfect frame does not make
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Wang et al. 2004
 OPENSTL_SSIM_WINDOW, OPENSTL_SSIM_DATA_RANGE = 7, 2.0  # skimage <= 0.19 defaults for floats
 _LEAD_KEY = re.compile(r"t\d+")
+_LEVEL_SUFFIX = re.compile(r"(.+)_(\d+(?:\.\d+)?)")  # `r_850`: variable r at level 850
+# the store's normalisation kind -> OpenSTL's metric convention (see the module docstring)
+OPENSTL_CONVENTIONS = {"minmax": "normalised values, per-frame sums",
+                       "zscore": "physical values, per-pixel means per variable"}
 # the order of the keys in compute()'s dict: the headline metrics first
 _KEY_ORDER = [
     "mse", "mae", "rmse", "ssim", "psnr",
@@ -79,14 +98,21 @@ _STATE_LAYOUT = {
     "psnr_phys": "t",
     "psnr_openstl": "t",
     "wmse": "tc",  # sum over samples of mean_hw(w e^2)
-    "wrmse": "tc",  # sum over samples of sqrt(mean_hw(w e^2))
+    "wrmse": "tc",  # sum over samples of sqrt(mean_hw(w e^2)) (RMSESqrtBeforeTimeAvg)
     "acc": "tc",  # sum over samples of the per-sample ACC
     "acc_sequences": "one",  # sequences that had a climatology
 }
 
 
 def latitude_weights(lat_deg: Tensor | Sequence[float]) -> Tensor:
-    """WeatherBench's area weights: cos(lat) / mean(cos(lat)) over the grid's latitudes, (H,)."""
+    """WeatherBench 2's area weights, (H,), mean 1: each row's cell area sin(upper) - sin(lower),
+    bounds halfway between rows and half a spacing beyond the edge rows, clipped to +-90.
+
+    On a global grid this is WB2's `get_lat_weights` (outer bounds at the poles, so a pole row
+    gets its half cell, not cos(90) = 0); on an evenly spaced grid without pole rows it equals
+    cos(lat) / mean(cos(lat)) (WeatherBench 1); a regional grid's edge cells stay regional.
+    Any row order (ERA5 runs north to south); spacing may vary.
+    """
     lat = torch.as_tensor(lat_deg, dtype=torch.float64)
     if lat.ndim != 1 or lat.numel() == 0:
         raise ValueError(
@@ -96,8 +122,32 @@ def latitude_weights(lat_deg: Tensor | Sequence[float]) -> Tensor:
         raise ValueError(
             f"latitudes must lie in [-90, 90] degrees, got min {lat.min()}, max {lat.max()}"
         )
-    weights = torch.cos(torch.deg2rad(lat))
-    return weights / weights.mean()
+    if lat.numel() == 1:
+        return torch.ones(1, dtype=torch.float64)
+    order = torch.argsort(lat)
+    rows = torch.deg2rad(lat[order])
+    if bool((rows.diff() <= 0).any()):
+        raise ValueError(f"latitudes must be distinct, got {lat.tolist()}")
+    inner = (rows[:-1] + rows[1:]) / 2
+    half_pi = torch.tensor([math.pi / 2], dtype=torch.float64)
+    lower = torch.cat([torch.maximum(rows[:1] - (inner[:1] - rows[:1]), -half_pi), inner])
+    upper = torch.cat([inner, torch.minimum(rows[-1:] + (rows[-1:] - inner[-1:]), half_pi)])
+    area = torch.empty_like(lat)
+    area[order] = torch.sin(upper) - torch.sin(lower)
+    return area / area.mean()
+
+
+def openstl_variables(channel_names: Sequence[str]) -> dict[str, list[int]]:
+    """OpenSTL's variable groups: variable -> channel indices. Channels `<var>_<level>` of more
+    than one variable (its `mv` sets) group by variable; anything else is one pooled group, as
+    OpenSTL pools t2m, and u10 with v10 (it passes channel_names only for `mv`)."""
+    groups: dict[str, list[int]] = {}
+    for index, name in enumerate(channel_names):
+        match = _LEVEL_SUFFIX.fullmatch(name)
+        groups.setdefault(match.group(1) if match else name, []).append(index)
+    if len(groups) > 1 and any(_LEVEL_SUFFIX.fullmatch(name) for name in channel_names):
+        return groups
+    return {"all": list(range(len(channel_names)))}
 
 
 def persistence_forecast(x: Tensor, out_frames: int) -> Tensor:
@@ -196,6 +246,7 @@ class MetricAccumulator:
     data_range: R for SSIM/PSNR in normalised units; data_range_phys: per-channel R in physical
     units (default data_range * std). lat_weights: (H,) or (H, W), renormalised to mean 1.
     climatology: (C, H, W) or (T, C, H, W) in normalised units, for ACC.
+    normalization: the store's kind, "zscore" or "minmax": OpenSTL's convention for *_openstl.
     """
 
     def __init__(
@@ -211,6 +262,7 @@ class MetricAccumulator:
         lat_weights: Tensor | None = None,
         climatology: Tensor | None = None,
         device: torch.device | str = "cpu",
+        normalization: str = "zscore",
     ) -> None:
         if num_frames < 1 or num_channels < 1:
             raise ValueError(
@@ -220,6 +272,9 @@ class MetricAccumulator:
             raise ValueError("give both mean and std for denormalisation, or neither")
         if data_range <= 0:
             raise ValueError(f"data_range must be > 0, got {data_range}")
+        if normalization not in OPENSTL_CONVENTIONS:
+            raise ValueError(f"normalization {normalization!r}; valid: {list(OPENSTL_CONVENTIONS)}")
+        self.normalization = normalization
         self.num_frames, self.num_channels = num_frames, num_channels
         self.mean = (
             torch.zeros(num_channels, dtype=torch.float64)
@@ -255,6 +310,7 @@ class MetricAccumulator:
         if len(set(names)) != len(names):
             raise ValueError(f"channel names must be unique, got {names}")
         self.channel_names = names
+        self.variables = openstl_variables(names)
 
         self.lat_weights = None
         if lat_weights is not None:
@@ -389,14 +445,19 @@ class MetricAccumulator:
         sums["psnr"] += _psnr((err / range_norm.view(channel)) ** 2).sum(0)
         sums["psnr_phys"] += _psnr((err * std / range_phys.view(channel)) ** 2).sum(0)
 
-        clipped = pred_phys.clamp(0.0, 1.0)  # OpenSTL clips the prediction only
+        # OpenSTL's values: its [0, 1] scale is our normalised one on min-max stores
+        if self.normalization == "minmax":
+            pred_openstl, target_openstl = pred, target
+        else:
+            pred_openstl, target_openstl = pred_phys, target_phys
+        clipped = pred_openstl.clamp(0.0, 1.0)  # OpenSTL clips the prediction only
         k = _window_size(OPENSTL_SSIM_WINDOW, h, w)
         uniform = torch.full((k,), 1.0 / k, dtype=torch.float64, device=device)
         openstl_range = torch.full((c,), OPENSTL_SSIM_DATA_RANGE, dtype=torch.float64)
         sums["ssim_openstl"] += ssim_per_sample(
-            clipped, target_phys, openstl_range, uniform, cov_norm=k * k / (k * k - 1)
+            clipped, target_openstl, openstl_range, uniform, cov_norm=k * k / (k * k - 1)
         ).sum(0)
-        sums["psnr_openstl"] += _psnr((clipped - target_phys) ** 2).sum(0)
+        sums["psnr_openstl"] += _psnr((clipped - target_openstl) ** 2).sum(0)
 
         if weights is not None:
             wse = (weights * err * err).mean(dim=(3, 4))  # (B, T, C)
@@ -481,25 +542,56 @@ class MetricAccumulator:
         out["mae_frame_sum"] = float(s["ae"].sum()) / (n * t_len)
         out["mse_frame_sum_phys"] = out["mse_phys"] * c_len * frame_px
         out["mae_frame_sum_phys"] = out["mae_phys"] * c_len * frame_px
+        out.update(self._openstl_errors(s, n, px))
         for k in range(t_len):
             out.update(scope(f"/t{k + 1}", (k, slice(None)), k, c_len, 1))
         if self.named_channels:
             for ci, name in enumerate(self.channel_names):
                 out.update(scope(f"/{name}", (slice(None), ci), None, t_len, 1))
 
-        # (key, (T, C) sum, sequences behind it, per-channel factor)
+        # (key, (T, C) sum, sequences behind it, per-channel factor, root after the mean)
+        ones = torch.ones(c_len, dtype=torch.float64)
         weather = []
         if self.lat_weights is not None:
-            weather += [("wmse", s["wmse"], n, torch.ones(c_len, dtype=torch.float64))]
-            weather += [("wrmse", s["wrmse"], n, torch.ones(c_len, dtype=torch.float64))]
-            weather += [("wrmse_phys", s["wrmse"], n, std)]
+            weather += [("wmse", s["wmse"], n, ones, False),
+                        ("wmse_phys", s["wmse"], n, std**2, False),
+                        ("wrmse", s["wmse"], n, ones, True),
+                        ("wrmse_phys", s["wmse"], n, std**2, True),
+                        ("wrmse_sqrt_before_time_avg", s["wrmse"], n, ones, False),
+                        ("wrmse_sqrt_before_time_avg_phys", s["wrmse"], n, std, False)]
         acc_n = float(s["acc_sequences"])
         if acc_n > 0:
-            weather += [("acc", s["acc"], acc_n, torch.ones(c_len, dtype=torch.float64))]
-        for key, total, count, factor in weather:
+            weather += [("acc", s["acc"], acc_n, ones, False)]
+        for key, total, count, factor, root in weather:
+            finish = math.sqrt if root else float
             for ci, name in enumerate(self.channel_names):
                 f = float(factor[ci])
-                out[f"{key}/{name}"] = f * float(total[:, ci].sum()) / (count * t_len)
+                out[f"{key}/{name}"] = finish(f * float(total[:, ci].sum()) / (count * t_len))
                 for k in range(t_len):
-                    out[f"{key}/{name}/t{k + 1}"] = f * float(total[k, ci]) / count
+                    out[f"{key}/{name}/t{k + 1}"] = finish(f * float(total[k, ci]) / count)
+        return out
+
+    def _openstl_errors(self, s: dict[str, Tensor], n: float, px: float) -> dict[str, float]:
+        """OpenSTL's MSE / MAE / RMSE (module docstring) from the (T, C) error sums."""
+        t_len = self.num_frames
+        if self.normalization == "minmax":  # spatial_norm=False: sums over (c, h, w) per frame
+            mse = float(s["se"].sum()) / (n * t_len)
+            mae = float(s["ae"].sum()) / (n * t_len)
+            return {"mse_openstl": mse, "mae_openstl": mae, "rmse_openstl": math.sqrt(mse),
+                    "openstl_spatial_norm": 0.0}
+        # spatial_norm=True: per-pixel means of physical errors, per variable, then averaged
+        se = s["se"].sum(0) * self.std**2  # (C,)
+        ae = s["ae"].sum(0) * self.std
+        per_var = {}
+        for var, channels in self.variables.items():
+            count = px * t_len * len(channels)
+            mse = float(se[channels].sum()) / count
+            per_var[var] = (mse, float(ae[channels].sum()) / count, math.sqrt(mse))
+        out = {f"{key}_openstl": sum(v[i] for v in per_var.values()) / len(per_var)
+               for i, key in enumerate(("mse", "mae", "rmse"))}
+        out["openstl_spatial_norm"] = 1.0
+        if len(per_var) > 1:
+            for var, values in per_var.items():
+                out.update({f"{key}_openstl/{var}": value
+                            for key, value in zip(("mse", "mae", "rmse"), values)})
         return out

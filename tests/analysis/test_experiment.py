@@ -30,12 +30,14 @@ from simvp_ray.presets import get_preset
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def epoch_rows(mses: list[float]) -> list[dict[str, float]]:
+def epoch_rows(mses: list[float], paper=None) -> list[dict[str, float]]:
+    """paper(mse) -> the val/*_openstl keys a run reports (None: an older run without them)."""
     return [{"epoch": i, "val/mse": m, "val/mae": m / 2, "val/ssim": 1 - m, "val/psnr": 10 - m,
-             "train/epoch_time_s": 2.0 + i} for i, m in enumerate(mses)]
+             "train/epoch_time_s": 2.0 + i, **(paper(m) if paper else {})}
+            for i, m in enumerate(mses)]
 
 
-def make_experiment(root: Path, kind: str, trials: list[dict]) -> Path:
+def make_experiment(root: Path, kind: str, trials: list[dict], paper=None) -> Path:
     """trials: name, group, seed, overrides, status (Tune's), mses, and finished / error."""
     root.mkdir(parents=True)
     base = get_preset("demo")
@@ -50,7 +52,7 @@ def make_experiment(root: Path, kind: str, trials: list[dict]) -> Path:
     for t in trials:
         tune_dir = root / t["name"]
         tune_dir.mkdir()
-        rows = epoch_rows(t["mses"])
+        rows = epoch_rows(t["mses"], paper)
         (tune_dir / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
         if t.get("error"):
             (tune_dir / "error.txt").write_text("Failure # 1\nTraceback ...\n"
@@ -130,6 +132,70 @@ def test_analyze_job_writes_tables_and_plots(variants, tmp_path, capsys):
     csv = (out / "table.csv").read_text().splitlines()
     assert csv[0].startswith("group,params_m_mean,params_m_std") and len(csv) == 3
     assert (out / "trials.csv").read_text().count("\n") == 7
+
+
+def mmnist_units(m: float) -> dict[str, float]:  # OpenSTL's Moving MNIST columns
+    return {"val/mse_openstl": 4096 * m, "val/mae_openstl": 9000 * m, "val/ssim_openstl": 1 - m / 4,
+            "val/psnr_openstl": 30 - m, "val/rmse_openstl": 64 * m ** 0.5,
+            "val/openstl_spatial_norm": 0.0}
+
+
+def weather_units(m: float) -> dict[str, float]:  # OpenSTL's WeatherBench columns (kelvin)
+    return {"val/mse_openstl": 20 * m, "val/mae_openstl": 3 * m, "val/rmse_openstl": 4 * m,
+            "val/ssim_openstl": 0.01, "val/psnr_openstl": -40.0, "val/openstl_spatial_norm": 1.0}
+
+
+@pytest.mark.parametrize("paper, header, cells", [
+    (mmnist_units, "| MSE | MAE | SSIM | PSNR | seeds |",
+     ["**1310.7200 ± 115.8524**", "**2880.0000 ± 254.5584**", "**0.9200 ± 0.0071**",
+      "**29.68 ± 0.03**"]),
+    (weather_units, "| MSE | MAE | RMSE | seeds |",
+     ["**6.4000 ± 0.5657**", "**0.9600 ± 0.0849**", "**1.2800 ± 0.1131**"]),
+])
+def test_analyze_prints_the_published_tables_columns(tmp_path, capsys, paper, header, cells):
+    root = make_experiment(tmp_path / "variants-paper", "variants", [
+        trial("gsta-s0", "gsta", 0, [0.5, 0.30], **{"model.translator": "gsta"}),
+        trial("gsta-s1", "gsta", 1, [0.5, 0.34], **{"model.translator": "gsta"}),
+        trial("incepu-s0", "incepu", 0, [0.6, 0.40], **{"model.translator": "incepu"}),
+    ], paper=paper)
+    assert load_job("analyze").main([str(root), "--out", str(tmp_path / "report")]) == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    assert lines[0].endswith(header), lines[0]
+    gsta = next(line for line in lines if line.startswith("| gsta |"))
+    for cell in cells:  # mean ± std over the two seeds, in the published units, best in bold
+        assert cell in gsta
+    assert "OpenSTL's published units" in printed
+    table = summary_table(load_experiment(str(root)))  # our own columns are kept beside them
+    assert table.loc["gsta", ("mse", "mean")] == pytest.approx(0.32)
+    assert ("summed over C x H x W per frame" in printed) == (paper is mmnist_units)
+    assert ("physical units, per variable" in printed) == (paper is weather_units)
+
+
+def test_older_runs_without_openstl_keys_keep_our_columns(variants):
+    table = summary_table(load_experiment(str(variants)))
+    markdown = table_markdown(table, "variants")
+    assert "| MSE | MAE | SSIM | PSNR | seeds |" in markdown.splitlines()[0]
+    assert "no OpenSTL-unit metrics" in markdown
+
+
+def test_mixed_image_and_weather_runs_are_refused(tmp_path):
+    root = make_experiment(tmp_path / "mixed", "variants", [
+        trial("gsta-s0", "gsta", 0, [0.3], **{"model.translator": "gsta"})], paper=mmnist_units)
+    runs = root / "runs" / "gsta-s0" / "result.json"
+    summary = json.loads(runs.read_text())
+    weather = make_experiment(tmp_path / "w", "variants", [
+        trial("incepu-s0", "incepu", 0, [0.3], **{"model.translator": "incepu"})],
+        paper=weather_units)
+    manifest = json.loads((root / "simvp_experiment.json").read_text())
+    manifest["trials"] += json.loads((weather / "simvp_experiment.json").read_text())["trials"]
+    (root / "simvp_experiment.json").write_text(json.dumps(manifest))
+    (root / "runs" / "incepu-s0").mkdir()
+    (root / "runs" / "incepu-s0" / "result.json").write_text(
+        (weather / "runs" / "incepu-s0" / "result.json").read_text())
+    assert summary["history"][0]["val/openstl_spatial_norm"] == 0.0
+    with pytest.raises(ValueError, match="mix image .min-max. and weather .z-score. stores"):
+        summary_table(load_experiment(str(root)))
 
 
 def test_default_output_is_inside_a_local_experiment(variants, capsys):

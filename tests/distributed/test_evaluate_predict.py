@@ -184,12 +184,75 @@ def test_weatherbench_metrics_lat_weighted_rmse_and_acc(local_ray, tmp_path):
     windows = next(iter_numpy_batches(dataset, "test", 4, 4, 10_000))
     std = dataset.stats.scale[0]
     error = (windows["x"][:, -1:] - windows["y"])[:, :, 0] * std  # (N, T, H, W) kelvin
-    weights = np.cos(np.deg2rad(dataset.lat))[:, None]
+    weights = np.cos(np.deg2rad(dataset.lat))[:, None]  # = WB2's cell areas on this grid
     weights = weights / weights.mean()
-    per_forecast = np.sqrt((weights * error.astype(np.float64) ** 2).mean(axis=(2, 3)))  # (N, T)
+    per_forecast = (weights * error.astype(np.float64) ** 2).mean(axis=(2, 3))  # (N, T) MSE
     persistence = metrics["persistence"]
-    assert persistence["wrmse_phys/t2m"] == pytest.approx(per_forecast.mean(), rel=1e-6)
-    assert persistence["wrmse_phys/t2m/t2"] == pytest.approx(per_forecast[:, 1].mean(), rel=1e-6)
+    # WB2's RMSE: the root after the mean over forecasts; RMSESqrtBeforeTimeAvg: before it
+    assert persistence["wrmse_phys/t2m"] == pytest.approx(np.sqrt(per_forecast.mean()), rel=1e-6)
+    assert persistence["wrmse_phys/t2m/t2"] == pytest.approx(np.sqrt(per_forecast[:, 1].mean()),
+                                                             rel=1e-6)
+    assert persistence["wrmse_sqrt_before_time_avg_phys/t2m"] == pytest.approx(
+        np.sqrt(per_forecast).mean(), rel=1e-6)
     assert metrics["climatology"]["acc/t2m"] == 0.0  # its anomaly is zero everywhere
     assert -1.0 <= metrics["model"]["acc/t2m/t1"] <= 1.0
     assert np.isfinite(metrics["model"]["wrmse_phys/t2m"])
+    # 240 hourly steps: no year of training data, so the training mean, and metrics.json says so
+    assert metrics["climatology_kind"] == "train_mean" and "days" in metrics["climatology_reason"]
+
+    # OpenSTL's protocol: the test split z-scored with its own statistics; metric() de-normalises
+    # with the training std, so persistence's errors scale by std_train / std_test
+    out = tmp_path / "eval-openstl"
+    assert load_job("evaluate").main([str(tmp_path / "ck"), "--out", str(out), "--no-cost",
+                                      "--protocol", "openstl"]) == 0
+    openstl = json.loads((out / "metrics.json").read_text())
+    assert openstl["protocol"] == "openstl"
+    ratio = std / openstl["period_stats"]["std"][0]
+    assert openstl["persistence"]["wrmse_phys/t2m"] == pytest.approx(
+        ratio * persistence["wrmse_phys/t2m"], rel=1e-5)
+
+
+def test_a_year_of_training_data_gets_the_day_of_year_climatology(local_ray, tmp_path):
+    """Two years, 6-hourly: evaluate's baseline and ACC use WB2's day-of-year climatology at
+    each target's valid time. Needs the window time index t0 in the batches (issue 13)."""
+    from simvp_ray.data.climatology import day_of_year_climatology
+    from simvp_ray.data.ray_data import build_ray_datasets
+    from simvp_ray.data.windows import window_starts
+
+    n, h = 2 * 1461, 32  # 2003-2004, four steps a day
+    time = np.datetime64("2003-01-01T00", "s") + np.arange(n) * np.timedelta64(6, "h")
+    day = np.arange(n) / 4
+    gen = np.random.default_rng(0)
+    frames = (280 + 10 * np.sin(2 * np.pi * day / 365.25)[:, None, None, None]
+              + gen.normal(0, 1, (n, 1, h, h))).astype(np.float32)
+    split = n - 4 * 40
+    layout = StoreLayout(
+        time=time, channels=["t2m"], units=["K"], height=h, width=h,
+        splits={"train": (0, split), "val": (split, n), "test": (split, n)}, time_step=6 * 3600,
+        time_unit="s", lat=np.linspace(87.1875, -87.1875, h), lon=np.arange(h) * 11.25,
+        metadata={"converter": "test", "converter_version": "1", "source": "synthetic",
+                  "licence": "none", "citation": "none"})
+    writer = create_store(str(tmp_path / "two-years.zarr"), layout)
+    writer.write(0, frames, np.ones(n, bool))
+    store = writer.finish("zscore").url
+    config = override(get_preset("demo"), [f"data.url={store}", "model.channels=1", *TINY[:4]])
+    if "t0" not in build_ray_datasets(config.data, config.model)["test"].schema().names:
+        pytest.skip("the batches carry no window time index t0 yet (issue 13)")
+    model = build_model(config.model)
+    optimizer = build_optimizer(model, config.optim)
+    save_checkpoint(tmp_path / "ck", model_state=to_openstl_state_dict(model),
+                    optimizer=optimizer, scheduler=build_scheduler(optimizer, config.optim, 1, 1),
+                    epoch=0, global_step=0, config=config, history=[])
+    out = tmp_path / "eval"
+    assert load_job("evaluate").main([str(tmp_path / "ck"), "--out", str(out), "--no-cost"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["climatology_kind"] == "day_of_year"
+    # the climatology baseline's MSE, computed here from the table at each target's time
+    dataset = open_dataset(store)
+    clim = day_of_year_climatology(dataset)
+    starts = window_starts(dataset, "test", 4, 4)
+    steps = starts[:, None] + 4 + np.arange(4)[None, :]  # (N, 4) target steps
+    forecast = clim.table.reshape(-1, 1, h, h)[clim.rows(dataset.time[steps].ravel())]
+    error = (forecast - frames[steps.ravel()]) / dataset.stats.scale[0]
+    assert metrics["climatology"]["mse"] == pytest.approx(np.mean(error**2), rel=1e-5)
+    assert metrics["climatology"]["acc/t2m"] == 0.0

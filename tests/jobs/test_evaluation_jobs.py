@@ -15,7 +15,8 @@ from PIL import Image
 from simvp_ray.analysis.evaluation import format_evaluation
 from simvp_ray.analysis.panels import colormap_for, plot_forecast_panel, save_forecast_gif
 from simvp_ray.config import override
-from simvp_ray.data import write_synthetic
+from simvp_ray.data import StoreLayout, create_store, make_synthetic, write_synthetic
+from simvp_ray.data.schema import default_splits
 from simvp_ray.models import build_model, to_openstl_state_dict
 from simvp_ray.presets import get_preset
 from simvp_ray.train.checkpoint import save_checkpoint
@@ -52,7 +53,17 @@ def setup(tmp_path_factory) -> dict:
     data = (truncated / "checkpoint.pt").read_bytes()
     (truncated / "checkpoint.pt").write_bytes(data[: len(data) // 2])
     (root / "empty").mkdir()
+    data = make_synthetic(300, 2, 32, seed=2)  # the same frames, min-max scaled (MMNIST-like)
+    layout = StoreLayout(time=data["time"], channels=["blobs_0", "blobs_1"], units=["1", "1"],
+                         height=32, width=32, splits=default_splits(300), time_step=3600,
+                         time_unit="s", metadata={"converter": "test", "converter_version": "1",
+                                                  "source": "synthetic", "licence": "none",
+                                                  "citation": "none"})
+    writer = create_store(str(root / "minmax.zarr"), layout)
+    writer.write(0, data["frames"], data["valid"])
+    writer.finish("minmax")
     return {"root": root, "store": store, "three": other, "small": small, "good": good,
+            "minmax": str(root / "minmax.zarr"),
             "foreign": str(foreign), "truncated": str(truncated), "empty": str(root / "empty")}
 
 
@@ -65,6 +76,10 @@ def setup(tmp_path_factory) -> dict:
     ("evaluate", ["{good}", "--data", "{small}"], "holds 2 channels (blobs_0, blobs_1) x 16 x 16"),
     ("evaluate", ["{good}", "--split", "dev"], "no split 'dev'; valid: ['test', 'train', 'val']"),
     ("evaluate", ["{good}", "--data", "{root}/missing.zarr"], "no Zarr store there"),
+    ("evaluate", ["{good}", "--data", "{minmax}", "--protocol", "openstl"],
+     "--protocol openstl re-normalises z-score (weather) stores per period; "),
+    ("evaluate", ["{good}", "--climatology", "day_of_year"],
+     "cannot fit a day-of-year climatology: "),
     ("predict", ["{truncated}", "--start", "2000-01-05", "--end", "2000-01-06", "--out",
                  "{root}/f.zarr"], "not a readable checkpoint"),
     ("predict", ["{good}", "--start", "2000-01-05", "--end", "2000-02-06", "--out",
@@ -132,6 +147,10 @@ def test_the_markdown_tables_show_lat_weighted_rmse_and_acc_per_variable():
                         "device": "cpu"}}
     table = format_evaluation(results)
     assert "| t2m | all | 1.4 | 1.4 | 1.4 | 0.95 | 0.95 |" in table
+    assert "| forecast | mse | mae | ssim | psnr |" in table  # no openstl_spatial_norm: image
+    metrics.update(mse_openstl=2.0, mae_openstl=1.0, rmse_openstl=1.4, openstl_spatial_norm=1.0)
+    weather = format_evaluation(results)
+    assert "| forecast | mse | mae | rmse |" in weather and "| model | 2 | 1 | 1.4 |" in weather
     assert "| t+1 |" in table and "| 1.500 | 2.000 | 12.0 | cpu |" in table
 
 
@@ -144,3 +163,38 @@ def test_a_run_folder_stands_for_its_best_checkpoint(setup, tmp_path):
     payload = fetch_checkpoint(str(run))
     assert payload["url"] == setup["good"] and len(payload["sha256"]) == 64
     assert payload["config"].model.translator_channels == 16
+
+
+def test_openstl_protocol_statistics_and_per_window_climatology(setup):
+    """The pieces of --protocol openstl and of the day-of-year lookup, without Ray."""
+    from simvp_ray.data import open_dataset
+    from simvp_ray.data.climatology import split_stats
+    from simvp_ray.distributed.evaluate import (
+        protocol_stats,
+        renormalization,
+        window_climatology,
+    )
+
+    dataset = open_dataset(setup["store"])
+    names = dataset.channels
+    train, denorm = protocol_stats(dataset, "test", names, "default")
+    assert denorm is train and renormalization(train, train) is None
+    inputs, denorm = protocol_stats(dataset, "test", names, "openstl")
+    np.testing.assert_array_equal(denorm.scale, dataset.stats.scale)  # as OpenSTL's t2m
+    start, stop = dataset.split_range("test")
+    frames = dataset.frames[start:stop][dataset.valid[start:stop]].astype(np.float64)
+    np.testing.assert_allclose(inputs.offset, frames.mean(axis=(0, 2, 3)), rtol=1e-9)
+    np.testing.assert_allclose(inputs.scale, frames.std(axis=(0, 2, 3)), rtol=1e-6)
+    a, b = (np.asarray(v).reshape(1, -1, 1, 1) for v in renormalization(train, inputs))
+    stored = (frames - train.offset.reshape(1, -1, 1, 1)) / train.scale.reshape(1, -1, 1, 1)
+    period = (frames - inputs.offset.reshape(1, -1, 1, 1)) / inputs.scale.reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(stored * a + b, period, atol=1e-9)
+    assert split_stats(dataset, "test", names[:1]).offset.shape == (1,)
+    # per-window lookup: row of each target frame's step, t0 = first target step
+    table = np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1) * np.ones((5, 2, 3, 4))
+    lookup = {"climatology_table": table, "climatology_rows": np.array([4, 3, 2, 1, 0, 0, 0]),
+              "target_steps": np.array([0, 2]), "out_frames": 2}
+    got = window_climatology(lookup, np.array([0, 2]), 2)
+    assert got.shape == (2, 2, 2, 3, 4) and got[:, :, 0, 0, 0].tolist() == [[4, 2], [2, 0]]
+    with pytest.raises(ValueError, match="carry no t0"):
+        window_climatology(lookup, None, 2)

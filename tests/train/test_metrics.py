@@ -14,6 +14,7 @@ from simvp_ray.train.metrics import (
     MetricAccumulator,
     climatology_forecast,
     latitude_weights,
+    openstl_variables,
     persistence_forecast,
 )
 
@@ -123,10 +124,14 @@ def np_reference(pred, target, mean, std, lat_w=None, clim=None, win=11, win_ope
             # per-forecast RMSE over the weighted grid, then the mean over forecasts
             wse = (wgrid * e[:, :, c] ** 2).mean(axis=(-2, -1))  # (B, T)
             ref[f"wmse/{name}"] = wse.mean()
-            ref[f"wrmse/{name}"] = np.sqrt(wse).mean()
-            ref[f"wrmse_phys/{name}"] = np.sqrt((wgrid * ep[:, :, c] ** 2).mean((-2, -1))).mean()
+            ref[f"wrmse/{name}"] = np.sqrt(wse.mean())  # root after the mean (WB2 RMSE)
+            ref[f"wrmse_phys/{name}"] = np.sqrt((wgrid * ep[:, :, c] ** 2).mean((-2, -1)).mean())
+            ref[f"wrmse_sqrt_before_time_avg/{name}"] = np.sqrt(wse).mean()
+            ref[f"wrmse_sqrt_before_time_avg_phys/{name}"] = np.sqrt(
+                (wgrid * ep[:, :, c] ** 2).mean((-2, -1))).mean()
             for t in range(nt):
-                ref[f"wrmse/{name}/t{t + 1}"] = np.sqrt(wse[:, t]).mean()
+                ref[f"wrmse/{name}/t{t + 1}"] = np.sqrt(wse[:, t].mean())
+                ref[f"wrmse_sqrt_before_time_avg/{name}/t{t + 1}"] = np.sqrt(wse[:, t]).mean()
             if clim is not None:
                 k = np.broadcast_to(clim.numpy(), p.shape)[:, :, c]
                 fa, oa = p[:, :, c] - k, y[:, :, c] - k
@@ -265,18 +270,22 @@ def test_ssim_openstl_perfect_in_unit_range():
 
 
 def test_latitude_weights():
-    lats = torch.linspace(-90, 90, 33)
+    # WeatherBench's 5.625 deg rows (no pole row): cell areas are exactly cos(lat) / mean
+    lats = torch.linspace(-87.1875, 87.1875, 32, dtype=torch.float64)
     w = latitude_weights(lats)
-    assert w.shape == (33,)
-    assert float(w.sum()) == pytest.approx(33.0)
-    assert float(w.mean()) == pytest.approx(1.0)
-    assert float(w[0]) == pytest.approx(0.0, abs=1e-12)
-    assert float(w[16]) == pytest.approx(float(w.max()))
-    assert torch.allclose(w, w.flip(0))
-    expected = np.cos(np.deg2rad(lats.numpy().astype(np.float64)))
-    np.testing.assert_allclose(w.numpy(), expected / expected.mean(), rtol=1e-12, atol=1e-15)
+    assert w.shape == (32,) and float(w.mean()) == pytest.approx(1.0)
+    expected = np.cos(np.deg2rad(lats.numpy()))
+    np.testing.assert_allclose(w.numpy(), expected / expected.mean(), rtol=1e-12)
+    np.testing.assert_allclose(latitude_weights(lats.flip(0)).numpy(), w.flip(0).numpy())
+    # pole rows get their half cell, 1 - cos(spacing / 2) of a unit sphere's band, not 0
+    poles = latitude_weights(torch.linspace(-90, 90, 33, dtype=torch.float64))
+    area = np.sin(np.deg2rad(np.r_[-90, np.arange(-87.1875, 90, 5.625), 90]))
+    np.testing.assert_allclose(poles.numpy(), np.diff(area) / np.diff(area).mean(), rtol=1e-12)
+    assert float(poles[0]) > 0 and torch.allclose(poles, poles.flip(0))
     with pytest.raises(ValueError, match="-90, 90"):
         latitude_weights([0.0, 91.0])
+    with pytest.raises(ValueError, match="distinct"):
+        latitude_weights([10.0, 10.0])
 
 
 def test_physical_units_are_normalised_scaled_by_std():
@@ -390,3 +399,162 @@ def test_bad_input_is_rejected_with_a_clear_message():
         acc.load_state(torch.zeros(5, dtype=torch.float64))
     with pytest.raises(ValueError, match="out_frames"):
         persistence_forecast(pred, 0)
+
+
+# ---- OpenSTL's published-table metrics against scikit-image and OpenSTL's metric() -----------
+# The reference follows openstl/core/metrics.py `metric()` and its loaders' conventions, written
+# here in numpy from OpenSTL's code (not from ours); SSIM is scikit-image's own function.
+
+
+def openstl_metric(pred, true, mean=None, std=None, channel_names=None, spatial_norm=False):
+    """OpenSTL's metric(): de-normalise, MSE/MAE/RMSE (per variable group), clip, SSIM, PSNR."""
+    from skimage.metrics import structural_similarity
+
+    if mean is not None and std is not None:
+        pred, true = pred * std + mean, true * std + mean
+
+    def errors(p, t):
+        norm = p.shape[-1] * p.shape[-2] * p.shape[-3] if spatial_norm else 1
+        mse = np.mean((p - t) ** 2 / norm, axis=(0, 1)).sum()
+        return mse, np.mean(np.abs(p - t) / norm, axis=(0, 1)).sum(), np.sqrt(mse)
+
+    res = {}
+    if channel_names is None:
+        res["mse"], res["mae"], res["rmse"] = errors(pred, true)
+    else:
+        width = pred.shape[2] // len(channel_names)
+        for i, name in enumerate(channel_names):
+            part = slice(i * width, (i + 1) * width)
+            values = errors(pred[:, :, part], true[:, :, part])
+            for key, value in zip(("mse", "mae", "rmse"), values):
+                res[f"{key}/{name}"] = value
+        for key in ("mse", "mae", "rmse"):
+            res[key] = sum(res[f"{key}/{n}"] for n in channel_names) / len(channel_names)
+    pred = np.minimum(np.maximum(pred, 0), 1)
+    ssim, psnr = [], []
+    for b in range(pred.shape[0]):
+        for f in range(pred.shape[1]):
+            # cal_ssim(pred[b, f].swapaxes(0, 2), ..., multichannel=True) with skimage 0.19's
+            # float defaults: 7x7 window, data range 2 (0.26 wants the range given explicitly)
+            ssim.append(structural_similarity(
+                pred[b, f].swapaxes(0, 2), true[b, f].swapaxes(0, 2), win_size=7,
+                data_range=2.0, channel_axis=-1))
+            psnr.append(-10 * np.log10(np.mean((pred[b, f] - true[b, f]) ** 2)))
+    res["ssim"], res["psnr"] = np.mean(ssim), np.mean(psnr)
+    return res
+
+
+def digits_like(gen: np.random.Generator, shape) -> np.ndarray:
+    """Moving-MNIST-like uint8 frames: black background, a few bright blobs, values 0..255."""
+    frames = np.zeros(shape)
+    h, w = shape[-2:]
+    yy, xx = np.mgrid[:h, :w]
+    for index in np.ndindex(*shape[:-2]):
+        for _ in range(2):
+            cy, cx = gen.uniform(4, h - 4), gen.uniform(4, w - 4)
+            blob = 255 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8.0)
+            frames[index] = np.maximum(frames[index], blob)
+    return np.round(frames)
+
+
+def openstl_case(kind: str):
+    """(our accumulator kwargs, our normalised pred/target, OpenSTL's loader arrays + metric
+    kwargs) for the same physical forecast of one dataset kind."""
+    gen = np.random.default_rng({"mmnist": 0, "taxibj": 1, "weather": 2, "mv": 3}[kind])
+    if kind == "mmnist":  # 1 channel 0..255, fixed min-max 0 / 255; OpenSTL: x / 255
+        true = digits_like(gen, (2, 3, 1, 24, 24))
+        pred = np.clip(true + gen.normal(0, 40, true.shape), -30, 290)  # over- and undershoot
+        ours = {"mean": [0.0], "std": [255.0], "normalization": "minmax"}
+        theirs = (pred / 255, true / 255, {})  # OpenSTL's dataset mean 0, std 1: no change
+    elif kind == "taxibj":  # 2 channels stored in [-1, 1]; OpenSTL: (x + 1) / 2
+        true = np.tanh(gen.normal(-0.5, 0.6, (2, 2, 2, 16, 16)))
+        pred = true + gen.normal(0, 0.15, true.shape)
+        ours = {"mean": [-1.0, -1.0], "std": [2.0, 2.0], "normalization": "minmax"}
+        theirs = ((pred + 1) / 2, (true + 1) / 2, {})
+    else:  # weather: z-scored with the training mean / std, which metric() de-normalises with
+        names = ["t2m"] if kind == "weather" else ["r_500", "r_850", "t_500", "t_850"]
+        mean = np.array([278.0] if kind == "weather" else [60.0, 75.0, 252.0, 274.0])
+        std = np.array([21.0] if kind == "weather" else [25.0, 18.0, 6.0, 9.0])
+        shape = (2, 3, len(names), 12, 20)
+        true = mean[:, None, None] + std[:, None, None] * gen.normal(0, 1, shape)
+        spread = np.array([1.5] if kind == "weather" else [4.0, 4.0, 0.8, 0.8])
+        pred = true + spread[:, None, None] * gen.normal(0, 1, shape)
+        ours = {"mean": mean, "std": std, "normalization": "zscore", "channel_names": names}
+        scale = (std.reshape(1, 1, -1, 1, 1), mean.reshape(1, 1, -1, 1, 1))
+        theirs = ((pred - scale[1]) / scale[0], (true - scale[1]) / scale[0],
+                  {"mean": scale[1], "std": scale[0], "spatial_norm": True,
+                   "channel_names": None if kind == "weather" else ["r", "t"]})
+    offset = np.asarray(ours["mean"]).reshape(1, 1, -1, 1, 1)
+    scale = np.asarray(ours["std"]).reshape(1, 1, -1, 1, 1)
+    normalised = [torch.from_numpy((a - offset) / scale) for a in (pred, true)]
+    return ours, normalised, theirs
+
+
+@pytest.mark.parametrize("kind", ["mmnist", "taxibj", "weather", "mv"])
+def test_openstl_metrics_equal_openstl_metric_and_skimage(kind):
+    ours, (pred, target), (p_openstl, t_openstl, metric_kwargs) = openstl_case(kind)
+    t_len, c_len = pred.shape[1:3]
+    acc = MetricAccumulator(t_len, c_len, **ours)
+    acc.update(pred[:1], target[:1])
+    acc.update(pred[1:], target[1:])
+    got = acc.compute()
+    want = openstl_metric(p_openstl, t_openstl, **metric_kwargs)
+    for key in ("ssim", "psnr", "mse", "mae", "rmse"):
+        assert got[f"{key}_openstl"] == pytest.approx(want[key], rel=1e-6), key
+    if kind == "mv":  # per variable, then the plain mean over variables
+        for key in ("mse/r", "rmse/t", "mae/t"):
+            name, var = key.split("/")
+            assert got[f"{name}_openstl/{var}"] == pytest.approx(want[key], rel=1e-6), key
+    assert got["openstl_spatial_norm"] == (0.0 if ours["normalization"] == "minmax" else 1.0)
+    if kind == "mmnist":  # physical 0..255 values where OpenSTL's [0, 1] go: the old bug
+        assert got["ssim_openstl"] > 0.3 and got["psnr_openstl"] > 10
+        wrong = MetricAccumulator(t_len, c_len, **{**ours, "normalization": "zscore"})
+        wrong.update(pred, target)
+        assert wrong.compute()["ssim_openstl"] < 0.01 and wrong.compute()["psnr_openstl"] < 0
+
+
+def test_mv_rmse_is_the_mean_of_per_variable_rmses_not_the_pooled_one():
+    ours, (pred, target), _ = openstl_case("mv")
+    acc = MetricAccumulator(pred.shape[1], pred.shape[2], **ours)
+    acc.update(pred, target)
+    got = acc.compute()
+    assert got["rmse_openstl"] == pytest.approx((got["rmse_openstl/r"] + got["rmse_openstl/t"]) / 2)
+    assert got["rmse_openstl"] != pytest.approx(got["rmse_phys"], rel=1e-3)  # pooled differs
+    assert got["mse_openstl"] == pytest.approx(got["mse_phys"], rel=1e-12)  # equal-size groups
+
+
+def test_openstl_variable_groups():
+    assert openstl_variables(["t2m"]) == {"all": [0]}
+    assert openstl_variables(["u10", "v10"]) == {"all": [0, 1]}  # OpenSTL pools uv10
+    assert openstl_variables(["r_150", "r_500", "t_150", "t_500"]) == {"r": [0, 1], "t": [2, 3]}
+    assert openstl_variables(["t2m", "t_500", "t_850"]) == {"t2m": [0], "t": [1, 2]}
+    with pytest.raises(ValueError, match="normalization 'robust'; valid"):
+        MetricAccumulator(T, C, normalization="robust")
+
+
+def test_the_training_loop_reports_the_paper_table_keys(tmp_path):
+    """loop.evaluate passes the store's normalisation kind on and reports val/*_openstl."""
+    from simvp_ray.train.loop import Runtime, evaluate
+    from simvp_ray.train.performance import SpeedOptions
+
+    _, (pred, target), _ = openstl_case("taxibj")
+    x = pred.float()  # inputs whose last frames are the "forecast" of the model below
+
+    class LastFrames(torch.nn.Module):
+        def forward(self, inputs):
+            return inputs[:, -target.shape[1]:]
+
+    runtime = Runtime(train_batches=lambda epoch: [], val_batches=lambda: [{"x": x, "y": target}],
+                      steps_per_epoch=1, checkpoint_dir=tmp_path, report=lambda *a: None,
+                      mean=np.array([-1.0, -1.0]), std=np.array([2.0, 2.0]),
+                      normalization="minmax")
+    metrics = evaluate(LastFrames(), runtime.val_batches(), runtime, SpeedOptions(),
+                       target.shape[1], target.shape[2])
+    direct = MetricAccumulator(target.shape[1], 2, mean=[-1.0, -1.0], std=[2.0, 2.0],
+                               normalization="minmax")
+    direct.update(x[:, -target.shape[1]:].double(), target)
+    want = direct.compute()
+    for key in ("mse_openstl", "mae_openstl", "rmse_openstl", "ssim_openstl", "psnr_openstl",
+                "openstl_spatial_norm"):
+        assert metrics[f"val/{key}"] == pytest.approx(want[key], rel=1e-6), key
+    assert metrics["val/openstl_spatial_norm"] == 0.0
