@@ -25,3 +25,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"best checkpoint:  {summary['best_checkpoint']}",
         f"run folder:       {summary['run_url']}  (result.json, checkpoints)",
     ])
+
+
+def one_line(error: BaseException) -> str:
+    """An error as the single stderr line a job ends with (no traceback, no wrapped lines)."""
+    return " ".join(str(error).split()) or type(error).__name__
