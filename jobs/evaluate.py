@@ -14,6 +14,7 @@ import sys
 
 from simvp_ray.analysis.evaluation import format_evaluation
 from simvp_ray.distributed.evaluate import run_evaluation
+from simvp_ray.reporting import one_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                                  out=args.out, num_actors=args.num_actors, use_gpu=args.gpu,
                                  batch_size=args.batch_size, cost=not args.no_cost)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     print(format_evaluation(results))
     print(f"\nwrote {results['files']['metrics']} and {results['files']['table']}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from simvp_ray.data.schema import CorruptChunkError
+
 METRICS = ("mse", "mae", "ssim", "psnr")
 
 
@@ -27,6 +29,22 @@ def format_summary(summary: dict[str, Any]) -> str:
     ])
 
 
+def data_fault(error: BaseException) -> CorruptChunkError | None:
+    """The unreadable chunk behind an error raised through Ray (a task error wraps it, with
+    the remote traceback in its text), or None."""
+    seen: set[int] = set()
+    found = None
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, CorruptChunkError):
+            found = error  # keep going: the innermost one has the plain message
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return found
+
+
 def one_line(error: BaseException) -> str:
     """An error as the single stderr line a job ends with (no traceback, no wrapped lines)."""
+    fault = data_fault(error)
+    if fault is not None:  # its own line only: Ray Data appends retry advice to the text
+        return str(fault).strip().splitlines()[0]
     return " ".join(str(error).split()) or type(error).__name__

@@ -32,7 +32,7 @@ def train_climatology(dataset: Dataset, channels: Sequence[str] | None = None) -
         keep = dataset.valid[a:b]
         if not keep.any():
             continue
-        block = dataset.frames[a:b] if picked is None else dataset.frames[a:b, picked]
+        block = dataset.read_frames(a, b, picked)
         total += block[keep].sum(axis=0, dtype=np.float64)
         count += int(keep.sum())
     if count == 0:

@@ -129,15 +129,20 @@ def check_resume_config(storage: str, name: str, config: ExperimentConfig,
             "run under another --name")
 
 
+def drop_script_dir() -> None:
+    """Ray puts the driver script's folder on every worker's sys.path; for jobs/*.py that
+    folder holds profile.py, which would shadow the standard library module torch imports
+    (torch._dynamo -> cProfile, also on the driver: the plan check's meta device). The driver
+    needs it no more (its imports are done), and without it Ray adds nothing."""
+    script_dir = os.path.dirname(os.path.realpath(sys.argv[0]))
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != script_dir]
+
+
 def ensure_ray(num_cpus_needed: float) -> None:
     """Connect to RAY_ADDRESS / a running cluster, or start a local one big enough."""
     if ray.is_initialized():
         return
-    # Ray puts the driver script's folder on every worker's sys.path; for jobs/*.py that
-    # folder holds profile.py, which would shadow the standard library module torch imports.
-    # The driver needs it no more (its imports are done), and without it Ray adds nothing.
-    script_dir = os.path.dirname(os.path.realpath(sys.argv[0]))
-    sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != script_dir]
+    drop_script_dir()
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return
@@ -247,6 +252,7 @@ def run_experiment(config: ExperimentConfig, *, storage: str = "runs",
         raise ValueError(f"cannot resume: no run {name!r} under {storage}")
     check_storage_writable(storage)
     config = resolve_data(config)
+    drop_script_dir()
     plan = check_plan(config)  # every config error here, in seconds, before Ray starts
     if resume:
         check_resume_config(storage, name, config, plan.fingerprint)
@@ -365,8 +371,9 @@ def summarize(result: ray.train.Result, config: ExperimentConfig, storage: str, 
     }
     if STOPPED in returned:
         # result.json says where and why; the latest (last good) and best checkpoints are kept
-        summary["stopped"] = {"reason": returned[STOPPED], "last_good_epoch": final["epoch"]}
-        raise TrainingStopped(f"{returned[STOPPED]}; last good epoch {final['epoch']}, "
+        last_good = int(final["epoch"])
+        summary["stopped"] = {"reason": returned[STOPPED], "last_good_epoch": last_good}
+        raise TrainingStopped(f"{returned[STOPPED]}; last good epoch {last_good}, "
                               f"checkpoints kept under {_url(storage, result.path)}",
                               summary)
     return summary

@@ -32,6 +32,7 @@ from simvp_ray.distributed.trainer import (
     build_trainer,
     check_resources,
     check_storage_writable,
+    drop_script_dir,
     ensure_ray,
     resolve_data,
     storage_filesystem,
@@ -326,6 +327,7 @@ def run_tune(kind: str, base: ExperimentConfig, *, storage: str = "runs",
         plan = build_plan(kind, base, **options)
         check_storage_writable(storage)
         base = resolve_data(base)
+        drop_script_dir()
         check_trials(plan, base)
     ensure_ray(2 * trial_cpus(base))  # a local Ray holds two trials side by side
     check_resources(base)

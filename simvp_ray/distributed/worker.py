@@ -23,6 +23,7 @@ from ray.train.v2._internal.execution import storage as train_storage
 from simvp_ray.config import ExperimentConfig, from_dict
 from simvp_ray.data.ray_data import iter_rank_batches
 from simvp_ray.plan import per_worker_batch_size
+from simvp_ray.reporting import data_fault, one_line
 from simvp_ray.train.checkpoint import load_checkpoint, load_run_record, save_run_record
 from simvp_ray.train.loop import NonFiniteLossError, Runtime, run_training
 
@@ -130,3 +131,8 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
         except NonFiniteLossError as error:
             # a clean return, not a crash: Ray would restart the workers into the same NaN
             return {STOPPED: str(error), "attempts": attempts}
+        except Exception as error:
+            fault = data_fault(error)  # an unreadable chunk: every restart would meet it again
+            if fault is None:
+                raise
+            return {STOPPED: one_line(fault), "attempts": attempts}

@@ -93,3 +93,16 @@ def test_the_batch_must_divide_over_every_world_size_of_an_elastic_run(small_sto
     with pytest.raises(ValueError, match="16 / 3 is not a whole number"):
         per_worker_batch_size(16, 3)
     check_plan(override(config, {"data.batch_size": 24}))
+
+
+def test_the_script_itself_fails_in_one_line(small_store, tmp_path):
+    """As a user runs it: jobs/ is on sys.path (its profile.py must not shadow the standard
+    library's when the plan check builds the model on the meta device)."""
+    done = subprocess.run([sys.executable, "jobs/train.py", "--set", f"data.url={small_store}",
+                           "--num-workers", "2-3", "--storage", str(tmp_path)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.splitlines() == [
+        "error: data.batch_size=16 does not divide over 3 workers (16 / 3 is not a whole "
+        "number): choose a multiple of every world size the run may have; this run may have "
+        "2-3 workers (elastic)"]
