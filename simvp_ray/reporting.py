@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from simvp_ray.data.schema import CorruptChunkError
@@ -33,13 +35,33 @@ def data_fault(error: BaseException) -> CorruptChunkError | None:
     """The unreadable chunk behind an error raised through Ray (a task error wraps it, with
     the remote traceback in its text), or None."""
     seen: set[int] = set()
-    found = None
+    found, texts = None, []
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, CorruptChunkError):
             found = error  # keep going: the innermost one has the plain message
+        texts.append(str(error))
         error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    text = "\n".join(texts)
+    if found is None and f"{CorruptChunkError.__name__}: " in text:
+        # a UDF's error reaches the driver inside Ray Data's UserCodeException, whose pickled
+        # chain is lost: only the remote traceback's text still names it
+        line = text.split(f"{CorruptChunkError.__name__}: ", 1)[1].splitlines()[0]
+        found = CorruptChunkError(line)
     return found
+
+
+@contextlib.contextmanager
+def data_faults_raised_plain() -> Iterator[None]:
+    """Re-raise a data fault met in a Ray task as itself (Ray wraps a UDF's error in a
+    UserCodeException, which is no ValueError), so a job prints it as its one line."""
+    try:
+        yield
+    except Exception as error:
+        fault = data_fault(error)
+        if fault is None or fault is error:
+            raise
+        raise fault from None
 
 
 def one_line(error: BaseException) -> str:

@@ -30,6 +30,7 @@ from simvp_ray.distributed.batch_inference import (
 from simvp_ray.distributed.cost import measure_cost
 from simvp_ray.distributed.trainer import ensure_ray, quiet_ray_data
 from simvp_ray.progress import Progress
+from simvp_ray.reporting import data_faults_raised_plain
 from simvp_ray.train.loop import speed_options
 from simvp_ray.train.metrics import (
     MetricAccumulator,
@@ -112,7 +113,7 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
         **actor_options(num_actors, use_gpu))
     totals: dict[str, Any] = {}
     with Progress(f"evaluating on {split}", count_split_windows(config.data, config.model, split),
-                  "windows") as progress:
+                  "windows") as progress, data_faults_raised_plain():
         for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
             for key, values in batch.items():
                 totals[key] = totals.get(key, 0) + values.sum(axis=0)
