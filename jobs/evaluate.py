@@ -16,6 +16,7 @@ import sys
 from simvp_ray.analysis.evaluation import format_evaluation
 from simvp_ray.data.climatology import CLIMATOLOGIES
 from simvp_ray.distributed.evaluate import PROTOCOLS, run_evaluation
+from simvp_ray.reporting import one_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                                  batch_size=args.batch_size, cost=not args.no_cost,
                                  protocol=args.protocol, climatology=args.climatology)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     print(format_evaluation(results))
     print(f"\nwrote {results['files']['metrics']} and {results['files']['table']}")

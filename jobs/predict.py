@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from simvp_ray.distributed.predict import run_prediction
+from simvp_ray.reporting import one_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                                  num_actors=args.num_actors, use_gpu=args.gpu,
                                  batch_size=args.batch_size)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     missing = summary["init_times"] - summary["valid"]
     print(f"wrote {summary['url']}: {summary['init_times']} init times {summary['first']} .. "

@@ -16,7 +16,7 @@ import sys
 from simvp_ray.config import override
 from simvp_ray.distributed.trainer import TrainingStopped, run_experiment
 from simvp_ray.presets import get_preset
-from simvp_ray.reporting import format_summary
+from simvp_ray.reporting import format_summary, one_line
 
 
 def parse_workers(text: str) -> dict[str, int]:
@@ -48,10 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_experiment(config, storage=args.storage, name=args.name,
                                  resume=args.resume)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     except TrainingStopped as error:
-        print(f"training stopped: {error}", file=sys.stderr)
+        print(f"training stopped: {one_line(error)}", file=sys.stderr)
         return 3
     print(format_summary(summary))
     return 0

@@ -19,6 +19,7 @@ from simvp_ray.config import override
 from simvp_ray.distributed.tune import DEFAULT_BUDGETS, DEFAULT_SPACE, EXPERIMENTS, run_tune
 from simvp_ray.models import TRANSLATORS
 from simvp_ray.presets import get_preset
+from simvp_ray.reporting import one_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                            translators=[t.strip() for t in args.translators.split(",")],
                            space=args.space, num_samples=args.samples)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     print(f"{summary['kind']} experiment: {summary['trials']} trials, {summary['errors']} "
           f"failed\nresults: {summary['url']}\nanalyse: python jobs/analyze.py {summary['url']}")

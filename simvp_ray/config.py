@@ -83,6 +83,7 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always saves)
     keep_checkpoints: int = 2  # best N by val/mse
     max_steps_per_epoch: int = 0  # 0 = the whole split; >0 caps an epoch (smoke runs)
+    log_every_s: float = 30.0  # a progress line this often within an epoch; 0 = none
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ RULES = [
     ("simvp_ray/train/**/*.py", ("ray", "simvp_ray.distributed")),
     ("simvp_ray/analysis/**/*.py", ("ray.train", "ray.tune", "torch", "simvp_ray.distributed")),
     ("simvp_ray/config.py", ("torch", "ray", "numpy", "simvp_ray.")),
+    ("simvp_ray/plan.py", ("ray", "simvp_ray.distributed")),  # the check before Ray starts
     ("simvp_ray/presets.py", ("torch", "ray", "numpy", "simvp_ray.models", "simvp_ray.data")),
     ("jobs/*.py", ("ray.train", "ray.tune", "ray.data")),
 ]

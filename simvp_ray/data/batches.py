@@ -58,7 +58,7 @@ def read_spans(dataset: Dataset, sorted_starts: np.ndarray, extent: int,
     for group in span_groups(sorted_starts, extent, dataset.chunk_frames):
         a = int(sorted_starts[group[0]])
         b = int(sorted_starts[group].max()) + extent
-        span = dataset.frames[a:b] if picked is None else dataset.frames[a:b, picked]
+        span = dataset.read_frames(a, b, picked)
         spans.append((a, normalize(span, stats) if normalized else span, group))
     return spans
 

@@ -38,7 +38,7 @@ def _valid_blocks(dataset: Dataset, split: str, picked: list[int] | None
         keep = dataset.valid[a:b]
         if not keep.any():
             continue
-        block = dataset.frames[a:b] if picked is None else dataset.frames[a:b, picked]
+        block = dataset.read_frames(a, b, picked)
         yield np.arange(a, b)[keep], block[keep]
 
 

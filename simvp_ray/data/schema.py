@@ -58,6 +58,12 @@ class DatasetError(ValueError):
     """Bad input or a broken store; the message names the file, array, chunk or time index."""
 
 
+class CorruptChunkError(DatasetError):
+    """A chunk of a store failed to decode (its checksum or compression is broken): a fault of
+    the data, the same on every retry, so a run stops at once and names the chunk."""
+
+
+
 def chunk_frames_for(channels: int, height: int, width: int) -> int:
     """Frames per `frames` chunk: the largest power of two within TARGET_CHUNK_BYTES (>= 1)."""
     frame_bytes = 4 * channels * height * width

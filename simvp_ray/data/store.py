@@ -20,7 +20,8 @@ from zarr.codecs import ZstdCodec
 
 from simvp_ray.data import schema
 from simvp_ray.data.normalization import Stats, StatsAccumulator
-from simvp_ray.data.schema import DatasetError
+from simvp_ray.data.schema import CorruptChunkError, DatasetError
+from simvp_ray.progress import Progress
 
 StoreSource = str | os.PathLike | Store
 
@@ -96,6 +97,27 @@ class Dataset:
     @property
     def n_steps(self) -> int:
         return int(self.frames.shape[0])
+
+    def read_frames(self, a: int, b: int, picked: list[int] | None = None) -> np.ndarray:
+        """frames[a:b] (of the picked channels); a chunk that fails to decode is a
+        CorruptChunkError naming the store, the chunk and the steps (and times) it holds."""
+        try:
+            return self.frames[a:b] if picked is None else self.frames[a:b, picked]
+        except Exception as error:  # zarr / numcodecs raise RuntimeError, ValueError, ...
+            raise self._corrupt_chunk(a, b, error) from error
+
+    def _corrupt_chunk(self, a: int, b: int, error: Exception) -> DatasetError:
+        size = self.chunk_frames
+        for chunk in range(a // size, (b - 1) // size + 1):
+            first, last = chunk * size, min((chunk + 1) * size, self.n_steps) - 1
+            try:
+                self.frames[first]
+            except Exception as chunk_error:  # this one does not decode
+                return CorruptChunkError(
+                    f"{self.url}: chunk {chunk} of frames (steps {first}-{last}, "
+                    f"{self.time[first]} to {self.time[last]}) is unreadable: {chunk_error}; "
+                    "rewrite the store (or that chunk) from its source")
+        return DatasetError(f"{self.url}: reading frames of steps {a}-{b - 1} failed: {error}")
 
     def split_range(self, split: str) -> tuple[int, int]:
         """[start, stop) of a split; a ValueError lists the store's splits."""
@@ -220,6 +242,7 @@ class StoreWriter:
         self.valid_array = group.create_array(schema.VALID, shape=(n_steps,),
                                               chunks=(max(1, n_steps),), dtype=bool)
         self.valid_array[:] = self.valid
+        self.progress = Progress(f"writing {where}", n_steps, "frames")
 
     def write(self, start: int, block: np.ndarray, valid: np.ndarray | None = None,
               source: str = "") -> None:
@@ -241,6 +264,7 @@ class StoreWriter:
             block[~ok] = np.nan
         self.frames[start : start + len(block)] = block
         self.valid[start : start + len(block)] = ok
+        self.progress.add(len(block))
 
     def write_at(self, positions: np.ndarray, block: np.ndarray, source: str = "") -> None:
         """Write frames at increasing step positions; the steps in between stay invalid."""
@@ -272,6 +296,7 @@ class StoreWriter:
     def finish(self, kind: str = "zscore", pooled_channels: bool = False,
                fixed: Stats | None = None) -> Dataset:
         """Fit statistics on the valid training steps (unless fixed), mark complete, reopen."""
+        self.progress.close()
         if fixed is None:
             start, stop = self.layout.splits["train"]
             accumulator = StatsAccumulator(self.frames.shape[1])

@@ -31,7 +31,7 @@ from simvp_ray.data.climatology import (
     train_climatology,
 )
 from simvp_ray.data.normalization import Stats, normalize
-from simvp_ray.data.ray_data import build_ray_datasets
+from simvp_ray.data.ray_data import build_ray_datasets, count_split_windows
 from simvp_ray.data.windows import window_offsets
 from simvp_ray.distributed.batch_inference import (
     actor_options,
@@ -42,6 +42,8 @@ from simvp_ray.distributed.batch_inference import (
 )
 from simvp_ray.distributed.cost import measure_cost
 from simvp_ray.distributed.trainer import ensure_ray, quiet_ray_data
+from simvp_ray.progress import Progress
+from simvp_ray.reporting import data_faults_raised_plain
 from simvp_ray.train.loop import speed_options
 from simvp_ray.train.metrics import (
     MetricAccumulator,
@@ -210,9 +212,12 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
         batch_size=batch_size or config.data.val_batch_size, batch_format="numpy",
         **actor_options(num_actors, use_gpu))
     totals: dict[str, Any] = {}
-    for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
-        for key, values in batch.items():
-            totals[key] = totals.get(key, 0) + values.sum(axis=0)
+    with Progress(f"evaluating on {split}", count_split_windows(config.data, config.model, split),
+                  "windows") as progress, data_faults_raised_plain():
+        for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
+            for key, values in batch.items():
+                totals[key] = totals.get(key, 0) + values.sum(axis=0)
+            progress.add(int(batch["windows"].sum()))
     results: dict[str, Any] = {
         "checkpoint": payload["url"], "checkpoint_sha256": payload["sha256"],
         "epoch": payload["epoch"], "data": config.data.url, "split": split,

@@ -31,6 +31,8 @@ from simvp_ray.distributed.batch_inference import (
     open_checked,
 )
 from simvp_ray.distributed.trainer import ensure_ray, quiet_ray_data
+from simvp_ray.progress import Progress
+from simvp_ray.reporting import data_faults_raised_plain
 from simvp_ray.train.inference import predict_numpy
 
 
@@ -111,8 +113,11 @@ def run_prediction(checkpoint: str, *, start: str, end: str, out: str, data: str
                 "channels": names, "init_steps": init_steps.tolist(), "use_gpu": use_gpu,
                 "batch_size": batch_size},
             batch_size=1, batch_format="numpy", **actor_options(num_actors, use_gpu))
-        for batch in written.iter_batches(batch_size=None, batch_format="numpy"):
-            made += int(batch["forecasts"].sum())
+        with Progress(f"predicting into {out}", len(pending), "chunks") as progress, \
+                data_faults_raised_plain():
+            for batch in written.iter_batches(batch_size=None, batch_format="numpy"):
+                made += int(batch["forecasts"].sum())
+                progress.add(len(batch["forecasts"]))
     result = store.finish()
     return {"url": out, "init_times": len(init_steps), "first": request["init_start"],
             "last": request["init_end"], "leads": result.group["lead"][:].tolist(),

@@ -31,7 +31,8 @@ from simvp_ray.data import open_dataset
 from simvp_ray.data.ray_data import build_ray_datasets, count_split_windows
 from simvp_ray.data.synthetic import write_synthetic
 from simvp_ray.distributed.worker import STOPPED, train_worker
-from simvp_ray.train.checkpoint import load_checkpoint
+from simvp_ray.plan import check_plan, store_fingerprint
+from simvp_ray.train.checkpoint import STORE_FILE, load_checkpoint, load_run_record
 from simvp_ray.train.inference import forecast_window
 
 RESULT_FILE = "result.json"
@@ -95,8 +96,9 @@ def check_storage_writable(storage: str) -> None:
         raise ValueError(f"cannot write to storage {storage!r}: {error}") from error
 
 
-def check_resume_config(storage: str, name: str, config: ExperimentConfig) -> None:
-    """A run resumes only with the model it was started with."""
+def check_resume_config(storage: str, name: str, config: ExperimentConfig,
+                        fingerprint: dict[str, Any] | None = None) -> None:
+    """A run resumes only with the model it was started with, on the store it trained on."""
     fs, root = storage_filesystem(storage)
     selector = pyarrow.fs.FileSelector(f"{root}/{name}")
     folders = sorted(info.path for info in fs.get_file_info(selector)
@@ -109,6 +111,21 @@ def check_resume_config(storage: str, name: str, config: ExperimentConfig) -> No
     if saved.model != config.model:
         raise ValueError(f"cannot resume {name!r}: its checkpoints hold a different model "
                          f"({saved.model}) than this run's ({config.model})")
+    store_file = f"{folders[-1]}/{STORE_FILE}"
+    if fingerprint is None or fs.get_file_info(store_file).type != pyarrow.fs.FileType.File:
+        return
+    with fs.open_input_stream(store_file) as stream:
+        trained_on = json.loads(stream.read())
+    now = json.loads(json.dumps(fingerprint))  # the same JSON types as the stored one
+    changed = [key for key in sorted(set(trained_on) | set(now))
+               if trained_on.get(key) != now.get(key)]
+    if changed:
+        stored = ", ".join(f"{key}={trained_on.get(key)}" for key in changed)
+        raise ValueError(
+            f"cannot resume {name!r}: its checkpoints were trained on the store "
+            f"{trained_on.get('url')} and data.url {now.get('url')} differs in "
+            f"{', '.join(changed)} (stored {stored}): resume on the same store, or start a new "
+            "run under another --name")
 
 
 def ensure_ray(num_cpus_needed: float) -> None:
@@ -188,6 +205,8 @@ def build_trainer(config: ExperimentConfig, *, storage: str, name: str,
         "normalization": dataset.stats.kind,  # OpenSTL's metric convention for this store
         "channel_names": names,
         "lat": None if dataset.lat is None else dataset.lat.tolist(),
+        "fit_id": uuid.uuid4().hex,  # tells a Ray restart within this fit from a --resume
+        "store": store_fingerprint(dataset),
     }
     # order-preserving execution: the same seed gives the same batches (exact resume)
     ordered = ExecutionOptions(preserve_order=True)
@@ -222,15 +241,21 @@ def run_experiment(config: ExperimentConfig, *, storage: str = "runs",
     if resume and not exists:
         raise ValueError(f"cannot resume: no run {name!r} under {storage}")
     check_storage_writable(storage)
-    if resume:
-        check_resume_config(storage, name, config)
     config = resolve_data(config)
+    plan = check_plan(config)  # every config error here, in seconds, before Ray starts
+    if resume:
+        check_resume_config(storage, name, config, plan.fingerprint)
     scaling = config.scaling
     ensure_ray(scaling.num_workers * scaling.cpus_per_worker)
     check_resources(config)
     trainer = build_trainer(config, storage=storage, name=name)
     result = trainer.fit()
-    summary = summarize(result, config, storage, name, wall_time=time.time() - start)
+    try:
+        summary = summarize(result, config, storage, name, wall_time=time.time() - start)
+    except TrainingStopped as stopped:
+        if stopped.summary is not None:  # where and why it stopped, beside its checkpoints
+            write_result(storage, name, stopped.summary)
+        raise
     summary["artifacts"] = publish_artifacts(result, config, storage, name, summary["history"])
     write_result(storage, name, summary)
     return summary
@@ -279,17 +304,34 @@ def read_history(checkpoint: ray.train.Checkpoint) -> list[dict[str, float]]:
 
 
 class TrainingStopped(RuntimeError):
-    """Training stopped itself (a non-finite loss); its checkpoints are kept."""
+    """Training stopped itself (a non-finite loss); its checkpoints are kept. `summary` is the
+    run's result.json up to its last good checkpoint, with a "stopped" entry."""
+
+    def __init__(self, message: str, summary: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.summary = summary
+
+
+def read_attempts(checkpoint: ray.train.Checkpoint | None) -> list[dict[str, Any]]:
+    """The checkpoint's attempt records, each with the epochs it ran ([start, end))."""
+    if checkpoint is None:
+        return []
+    with checkpoint.as_directory() as folder:
+        return load_run_record(folder)["attempts"]
+
+
+def with_end_epochs(attempts: list[dict[str, Any]], epochs_done: int) -> list[dict[str, Any]]:
+    ends = [a["start_epoch"] for a in attempts[1:]] + [epochs_done]
+    return [{**attempt, "end_epoch": end} for attempt, end in zip(attempts, ends, strict=True)]
 
 
 def summarize(result: ray.train.Result, config: ExperimentConfig, storage: str, name: str,
               wall_time: float) -> dict[str, Any]:
     if result.error is not None:
         raise result.error
-    if isinstance(result.return_value, dict) and STOPPED in result.return_value:
-        kept = f"; checkpoints kept under {_url(storage, result.path)}" if result.checkpoint \
-            else ""
-        raise TrainingStopped(result.return_value[STOPPED] + kept)
+    returned = result.return_value if isinstance(result.return_value, dict) else {}
+    if STOPPED in returned and result.checkpoint is None:
+        raise TrainingStopped(returned[STOPPED])
     history = read_history(result.checkpoint)
     final = history[-1]
     best = min(history, key=lambda row: row["val/mse"])
@@ -299,7 +341,7 @@ def summarize(result: ray.train.Result, config: ExperimentConfig, storage: str, 
     def pick(row: dict[str, float], prefix: str) -> dict[str, float]:
         return {key: row[f"{prefix}/{key}"] for key in headline if f"{prefix}/{key}" in row}
 
-    return {
+    summary = {
         "name": name,
         "run_url": _url(storage, result.path),
         "epochs_run": len(history),
@@ -312,8 +354,18 @@ def summarize(result: ray.train.Result, config: ExperimentConfig, storage: str, 
         "best_checkpoint": _url(storage, best_checkpoint.path),
         "latest_checkpoint": _url(storage, result.checkpoint.path),
         "history": history,
+        "attempts": with_end_epochs(returned.get("attempts") or read_attempts(result.checkpoint),
+                                    len(history)),
         "config": to_dict(config),
     }
+    if STOPPED in returned:
+        # result.json says where and why; the latest (last good) and best checkpoints are kept
+        last_good = int(final["epoch"])
+        summary["stopped"] = {"reason": returned[STOPPED], "last_good_epoch": last_good}
+        raise TrainingStopped(f"{returned[STOPPED]}; last good epoch {last_good}, "
+                              f"checkpoints kept under {_url(storage, result.path)}",
+                              summary)
+    return summary
 
 
 def write_result(storage: str, name: str, summary: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from simvp_ray.analysis.experiment import MANIFEST_FILE
 from simvp_ray.config import ExperimentConfig, from_dict, override, to_dict
+from simvp_ray.data import open_dataset
 from simvp_ray.distributed.cost import measure_cost
 from simvp_ray.distributed.trainer import (
     RESULT_FILE,
@@ -38,6 +39,7 @@ from simvp_ray.distributed.trainer import (
     write_result,
 )
 from simvp_ray.models import TRANSLATORS
+from simvp_ray.plan import check_plan
 
 RUNS_FOLDER = "runs"  # <experiment>/runs/<trial>: the Train run (checkpoints) + result.json
 METRIC = "val/mse"
@@ -155,6 +157,33 @@ def build_plan(kind: str, base: ExperimentConfig, **options: Any) -> ExperimentP
     for trial in plan.trials:  # every planned config must be valid before anything runs
         override(base, trial.overrides)
     return plan
+
+
+def space_bounds(key: str, spec: str, base: ExperimentConfig) -> list[Any]:
+    """The values of one search-space entry a trial may get at the extremes: both ends of a
+    range (randint's high is excluded), every value of a choice or grid."""
+    kind = spec.partition(":")[0]
+    values = space_values(key, spec, base)
+    if kind == "randint":
+        return [values[0], values[1] - 1]
+    return values
+
+
+def check_trials(plan: ExperimentPlan, base: ExperimentConfig) -> None:
+    """`check_plan` on every planned trial, and on each bound of a search space, before the
+    first trial starts (`base` resolved): a bad trial is an error now, not hours later."""
+    dataset = open_dataset(base.data.url)
+    configs = [(trial.name, override(base, trial.overrides)) for trial in plan.trials]
+    if not plan.trials:
+        configs.append(("the base config", base))
+    for key, spec in plan.space.items():
+        configs += [(f"search space {key}={value!r}", override(base, {key: value}))
+                    for value in space_bounds(key, spec, base)]
+    for label, config in configs:
+        try:
+            check_plan(config, dataset)
+        except ValueError as error:
+            raise ValueError(f"{label}: {error}") from None
 
 
 def parse_space(items: Sequence[str], base: ExperimentConfig) -> dict[str, str]:
@@ -297,6 +326,7 @@ def run_tune(kind: str, base: ExperimentConfig, *, storage: str = "runs",
         plan = build_plan(kind, base, **options)
         check_storage_writable(storage)
         base = resolve_data(base)
+        check_trials(plan, base)
     ensure_ray(2 * trial_cpus(base))  # a local Ray holds two trials side by side
     check_resources(base)
     if not max_concurrent:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +22,12 @@ from ray.train.v2._internal.execution import storage as train_storage
 
 from simvp_ray.config import ExperimentConfig, from_dict
 from simvp_ray.data.ray_data import iter_rank_batches
-from simvp_ray.train.checkpoint import load_checkpoint
+from simvp_ray.plan import per_worker_batch_size
+from simvp_ray.reporting import data_fault, one_line
+from simvp_ray.train.checkpoint import load_checkpoint, load_run_record, save_run_record
 from simvp_ray.train.loop import NonFiniteLossError, Runtime, run_training
 
 STOPPED = "stopped"  # key of the return value when training stopped on a non-finite loss
-
-
-def per_worker_batch_size(global_batch: int, world_size: int) -> int:
-    """The global batch stays fixed when the world size changes (elastic), so the learning
-    rate does too; each worker takes an equal share."""
-    if global_batch < world_size:
-        raise ValueError(f"data.batch_size={global_batch} is smaller than the {world_size} "
-                         "workers: each worker needs at least one window per step")
-    return global_batch // world_size
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> None:
@@ -42,11 +36,30 @@ def _all_reduce_sum(tensor: torch.Tensor) -> None:
 
 
 def _resume_payload() -> dict[str, Any] | None:
+    """The latest checkpoint of this run (None on a fresh start), with its run record and
+    where it lies. Non-None also when Ray restarted the worker group after a failure."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        return load_checkpoint(folder)
+        return {**load_checkpoint(folder), **load_run_record(folder), "path": checkpoint.path}
+
+
+def new_attempt(resume: dict[str, Any] | None, fit_id: str, world: int) -> list[dict[str, Any]]:
+    """The attempts so far plus this one. A checkpoint written under the same `fit_id` means
+    Ray restarted the worker group within one fit (a lost worker or node); another fit's
+    means the driver was started again with --resume."""
+    attempts = list(resume["attempts"]) if resume else []
+    if resume is None:
+        reason = "first start"
+    elif attempts and attempts[-1].get("fit") == fit_id:
+        reason = "worker group restarted by Ray Train after a failure"
+    else:
+        reason = "run resumed by the driver (--resume)"
+    attempts.append({"attempt": len(attempts) + 1, "start_epoch": resume["epoch"] + 1
+                     if resume else 0, "world_size": world, "reason": reason, "fit": fit_id,
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return attempts
 
 
 def quiet_train_logs() -> None:
@@ -71,6 +84,12 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     print(f"worker rank {rank}/{world} on node {ray.get_runtime_context().get_node_id()}, "
           f"device {device}, {torch.get_num_threads()} threads, per-worker batch {batch}",
           flush=True)
+    resume = _resume_payload()
+    attempts = new_attempt(resume, loop_config["fit_id"], world)
+    if resume is not None and rank == 0:
+        print(f"resumed from epoch {attempts[-1]['start_epoch']} (checkpoint {resume['path']}):"
+              f" attempt {len(attempts)}, {attempts[-1]['reason']}, world size {world}",
+              flush=True)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
 
@@ -87,6 +106,8 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
         return iter_rank_batches(stream, rank, world)
 
     def report(metrics: dict[str, float], folder: Path | None) -> None:
+        if folder is not None:  # the run record travels with every checkpoint
+            save_run_record(folder, attempts, loop_config["store"])
         checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
         # Ray keeps the headline numbers; every metric is in the checkpoint's history.json
         metrics = {key: value for key, value in metrics.items() if key.count("/") <= 1}
@@ -104,10 +125,15 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
             rank=rank,
             world_size=world,
             wrap_model=lambda model: ray.train.torch.prepare_model(model, move_to_device=False),
-            all_reduce=_all_reduce_sum, resume=_resume_payload(),
+            all_reduce=_all_reduce_sum, resume=resume,
             log=lambda line: print(line, flush=True))  # worker stdout is a file: flush
         try:
             return run_training(config, runtime)
         except NonFiniteLossError as error:
             # a clean return, not a crash: Ray would restart the workers into the same NaN
-            return {STOPPED: str(error)}
+            return {STOPPED: str(error), "attempts": attempts}
+        except Exception as error:
+            fault = data_fault(error)  # an unreadable chunk: every restart would meet it again
+            if fault is None:
+                raise
+            return {STOPPED: one_line(fault), "attempts": attempts}

@@ -20,6 +20,10 @@ FORMAT = "simvp_ray-checkpoint/1"
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"  # per-epoch metrics up to this checkpoint, for tools
+# the run's record, beside the weights (so a resume carries it on): every attempt so far
+# (start epoch, world size, why it started) and the fingerprint of the store it trained on
+ATTEMPTS_FILE = "attempts.json"
+STORE_FILE = "store.json"
 
 
 def rng_state() -> dict[str, Any]:
@@ -66,6 +70,23 @@ def save_checkpoint(folder: str | Path, *, model_state: dict[str, torch.Tensor],
     (folder / CONFIG_FILE).write_text(json.dumps(config_dict, indent=2))
     (folder / HISTORY_FILE).write_text(json.dumps(payload["history"]))
     return folder
+
+
+def save_run_record(folder: str | Path, attempts: list[dict[str, Any]],
+                    store: dict[str, Any] | None) -> None:
+    folder = Path(folder)
+    (folder / ATTEMPTS_FILE).write_text(json.dumps(attempts, indent=2))
+    if store is not None:
+        (folder / STORE_FILE).write_text(json.dumps(store, indent=2))
+
+
+def load_run_record(folder: str | Path) -> dict[str, Any]:
+    """{"attempts": [...], "store": {...} or None} of a checkpoint folder (empty when the
+    checkpoint predates these files)."""
+    folder = Path(folder)
+    attempts, store = folder / ATTEMPTS_FILE, folder / STORE_FILE
+    return {"attempts": json.loads(attempts.read_text()) if attempts.exists() else [],
+            "store": json.loads(store.read_text()) if store.exists() else None}
 
 
 def load_checkpoint(folder: str | Path, map_location: str | torch.device = "cpu"

@@ -147,6 +147,7 @@ def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]
         loss_sum = torch.zeros(2, dtype=torch.float64, device=runtime.device)  # (sum, count)
         batches = runtime.train_batches(epoch)
         last_lr = optimizer.param_groups[0]["lr"]
+        next_line = epoch_start + config.train.log_every_s  # in-epoch progress (rank 0)
         for step, batch in zip(range(runtime.steps_per_epoch), batches):
             x, y = _as_tensor(batch["x"], runtime.device), _as_tensor(batch["y"], runtime.device)
             with autocast(options, runtime.device):
@@ -173,6 +174,12 @@ def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]
             loss_sum += torch.stack([loss.detach().double() * x.shape[0],
                                      torch.tensor(x.shape[0], dtype=torch.float64,
                                                   device=runtime.device)])
+            now = time.perf_counter()
+            if config.train.log_every_s and runtime.rank == 0 and now >= next_line:
+                next_line = now + config.train.log_every_s  # the loss is read only now
+                runtime.log(step_line(epoch, config.train.epochs, step + 1,
+                                      runtime.steps_per_epoch, x.shape[0] * runtime.world_size,
+                                      loss.item(), now - epoch_start))
         train_time = time.perf_counter() - epoch_start
         runtime.all_reduce(loss_sum)
         metrics = evaluate(model, runtime.val_batches(), runtime, options,
@@ -205,6 +212,15 @@ def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]
                                       time.perf_counter() - run_start))
         runtime.report(metrics, checkpoint)
     return metrics
+
+
+def step_line(epoch: int, epochs: int, steps_done: int, steps: int, global_batch: int,
+              loss: float, elapsed: float) -> str:
+    """The in-epoch line every train.log_every_s: how far, how fast, how long to go."""
+    eta = elapsed / steps_done * (steps - steps_done)
+    return (f"epoch {epoch + 1}/{epochs}  step {steps_done}/{steps}  "
+            f"{steps_done * global_batch / elapsed:.1f} samples/s  loss {loss:.5f}  "
+            f"epoch eta {eta:.0f}s")
 
 
 def progress_line(metrics: dict[str, float], epoch: int, epochs: int, start_epoch: int,

@@ -97,7 +97,7 @@ def test_ray_path_equals_plain_pytorch_loop(local_ray, small_store, tmp_path):
     (["--set", "train.epochs=two"], "train.epochs: expected int"),
     (["--set", "model.channels=3"], "holds frames of 2 channels x 32 x 32 but the model "
                                     "expects 3 x 32 x 32"),
-    (["--num-workers", "64"], "cannot place the training workers: 64 workers x 2 CPU need 128"),
+    (["--num-workers", "16"], "cannot place the training workers: 16 workers x 2 CPU need 32"),
     (["--name", "missing", "--resume"], "cannot resume: no run 'missing'"),
     (["--storage", "/proc/simvp_runs"], "cannot write to storage '/proc/simvp_runs'"),
 ])
