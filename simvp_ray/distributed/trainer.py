@@ -34,6 +34,7 @@ from simvp_ray.data.synthetic import write_synthetic
 from simvp_ray.distributed.worker import STOPPED, train_worker
 from simvp_ray.train.checkpoint import load_checkpoint
 from simvp_ray.train.inference import forecast_window
+from simvp_ray.train.methods import check_method
 
 RESULT_FILE = "result.json"
 SYNTHETIC_VERSION = "v1"
@@ -227,6 +228,7 @@ def run_experiment(config: ExperimentConfig, *, storage: str = "runs",
     if resume and not exists:
         raise ValueError(f"cannot resume: no run {name!r} under {storage}")
     check_storage_writable(storage)
+    check_method(config.model)  # a config the model / method cannot run fails before Ray
     if resume:
         check_resume_config(storage, name, config)
     config = resolve_data(config)

@@ -14,6 +14,7 @@ from simvp_ray.config import ExperimentConfig, RecurrentConfig, override
 from simvp_ray.models.recurrent import RECURRENT_MODELS
 from simvp_ray.presets import get_preset
 from simvp_ray.train.checkpoint import load_checkpoint
+from simvp_ray.train.inference import model_from_checkpoint, predict_numpy
 from simvp_ray.train.loop import Runtime, run_training
 from simvp_ray.train.methods import (
     RecurrentMethod,
@@ -152,3 +153,18 @@ def test_recurrent_run_resumes_exactly(tmp_path, method, rss):
     run_training(config, wave_runtime(tmp_path / "b", resumed, resume=payload))
     for key in ("val/mse", "train/loss"):
         assert resumed[-1][0][key] == straight[-1][0][key], key
+    # a checkpoint rebuilds the recurrent model for evaluate / predict / visualize, unchanged
+    model = model_from_checkpoint(load_checkpoint(resumed[-1][1]))
+    forecast = predict_numpy(model, np.zeros((3, 4, 1, 16, 16), np.float32), batch_size=2)
+    assert forecast.shape == (3, 4, 1, 16, 16) and np.isfinite(forecast).all()
+
+
+def test_train_job_rejects_a_config_the_method_cannot_run_before_ray(tmp_path, capsys):
+    import ray
+    from helpers import load_job
+
+    args = ["--set", "model.method=predrnnpp", "model.recurrent.num_hidden=8",
+            "--storage", str(tmp_path), "--name", "bad"]
+    assert load_job("train").main(args) == 2
+    assert "predrnnpp needs >= 2 layers" in capsys.readouterr().err
+    assert not ray.is_initialized()
