@@ -76,3 +76,32 @@ def test_missing_config_keys_and_wrong_mask_are_named():
 
 def test_registry_holds_the_methods():
     assert set(MINE) <= set(RECURRENT_MODELS)
+
+
+def test_predrnnv2_is_predrnn_plus_a_training_only_decoupling_term():
+    """spec/rnn.md 3.4: the same cells; the adapter only enters the training loss."""
+    torch.manual_seed(0)
+    v2 = from_openstl(tiny("predrnnv2", decouple_beta=0.5))
+    state = {k: v for k, v in v2.state_dict().items() if k != "adapter.weight"}
+    v1 = from_openstl(tiny("predrnn"), state)
+    x, y = torch.rand(2, 3, 1, 8, 8), torch.rand(2, 2, 1, 8, 8)
+    spec = parse_configs(tiny("predrnn"), "predrnn")
+    mask = mask_from_flags(torch.tensor([[1.0], [0.0]]), spec)
+    with torch.no_grad():
+        assert torch.equal(v2.eval()(x), v1.eval()(x))
+        term = (v2.training_loss(x, y, mask) - v1.training_loss(x, y, mask)) / 0.5
+        assert 0 < term.item() <= 1  # a mean |cosine|
+        no_beta = from_openstl(tiny("predrnnv2", decouple_beta=0.0), v2.state_dict())
+        assert no_beta.training_loss(x, y, mask) == v1.training_loss(x, y, mask)
+
+
+def test_profile_times_a_recurrent_model():
+    from simvp_ray.config import ModelConfig, RecurrentConfig
+    from simvp_ray.models import profile
+
+    config = ModelConfig(method="convlstm", in_frames=3, out_frames=2, channels=1, height=8,
+                         width=8, recurrent=RecurrentConfig(num_hidden=(4, 4), filter_size=3,
+                                                            patch_size=2))
+    cost = profile(config, device="cpu", batch_size=2, iters=1, warmup=0)
+    assert cost["params"] > 0 and cost["flops"] > 0
+    assert cost["forward_samples_per_s"] > 0 and cost["train_samples_per_s"] > 0
