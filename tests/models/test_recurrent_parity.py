@@ -117,3 +117,17 @@ def test_state_dict_exports_openstl_keys(name):
     assert exported.keys() == fx["state_dict"].keys()
     for key, value in fx["state_dict"].items():
         assert torch.equal(exported[key], value), key
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_openstl_configs_become_a_model_config_that_builds_the_same_model(name):
+    from simvp_ray.models import build_model
+    from simvp_ray.models.openstl import load_checked
+    from simvp_ray.models.recurrent.build import model_config_from_openstl
+
+    fx = load(name)
+    model = build_model(model_config_from_openstl(fx["configs"]))
+    load_checked(model, fx["state_dict"])
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(fx["batch_x"]), fx["test"]["pred_y"],
+                                   rtol=1e-5, atol=5e-5)

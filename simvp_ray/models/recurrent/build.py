@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from simvp_ray.config import ModelConfig
+from simvp_ray.config import ModelConfig, RecurrentConfig
 
 # our method key -> OpenSTL's method name (configs["method"]; we accept either case)
 OPENSTL_NAMES = {"convlstm": "ConvLSTM", "predrnn": "PredRNN", "predrnnpp": "PredRNNpp",
@@ -71,3 +71,32 @@ def training_mask_shape(model: ModelConfig, batch: int) -> tuple[int, ...]:
     slots = (model.in_frames + model.out_frames - 2 if rnn.reverse_scheduled_sampling
              else model.out_frames - 1)
     return (batch, slots, model.height // p, model.width // p, p * p * model.channels)
+
+
+def model_config_from_openstl(configs: dict[str, Any]) -> ModelConfig:
+    """The inverse of `openstl_configs`: a ModelConfig (to train or resume with) from the
+    configs of an OpenSTL recurrent run; settings OpenSTL's configs leave out keep our defaults."""
+    method = str(configs.get("method", "")).lower()
+    if method not in OPENSTL_NAMES:
+        raise ValueError(f"unknown OpenSTL recurrent method {configs.get('method')!r}; valid: "
+                         f"{', '.join(OPENSTL_NAMES.values())}")
+    if "in_shape" not in configs or len(configs["in_shape"]) != 4:
+        raise ValueError(f"{method} configs need in_shape = (T, C, H, W), got "
+                         f"{configs.get('in_shape')}")
+    frames, channels, height, width = (int(v) for v in configs["in_shape"])
+    defaults = RecurrentConfig()
+    num_hidden = configs.get("num_hidden", defaults.num_hidden)
+    if isinstance(num_hidden, str):
+        num_hidden = tuple(int(v) for v in num_hidden.split(","))
+    recurrent = {name: type(getattr(defaults, name))(configs[name])
+                 for name in ("filter_size", "patch_size", "stride", "decouple_beta",
+                              "sampling_stop_iter", "sampling_changing_rate", "r_sampling_step_1",
+                              "r_sampling_step_2", "r_exp_alpha", "sr_size", "tau", "cell_mode",
+                              "model_mode") if name in configs}
+    for flag in ("layer_norm", "reverse_scheduled_sampling"):
+        if flag in configs:
+            recurrent[flag] = bool(int(configs[flag]))
+    return ModelConfig(method=method, in_frames=int(configs.get("pre_seq_length", frames)),
+                       out_frames=int(configs.get("aft_seq_length", frames)), channels=channels,
+                       height=height, width=width,
+                       recurrent=RecurrentConfig(num_hidden=tuple(num_hidden), **recurrent))
