@@ -1,13 +1,16 @@
-"""Forward+backward samples/s of SimVP presets under each speed option, side by side.
+"""Forward+backward samples/s of SimVP and recurrent presets under each speed option.
 
     python benchmarks/model_speed.py                          # CPU, 2 threads, default presets
+    python benchmarks/model_speed.py --presets mmnist_convlstm mmnist_predrnn --options eager
     python benchmarks/model_speed.py --presets taxibj_gsta --options eager channels_last bf16
     python benchmarks/model_speed.py --device cuda --batch 64  # GPU: also TFLOP/s and MFU
 
 Options are timed interleaved (one step of each option per round) so machine noise hits
 them alike; the table gives the median samples/s and the ratio to eager in the same run.
 The training step is OpenSTL's timing protocol (spec/models.md section 4): train() mode,
-MSE loss, zero_grad(set_to_none=True), forward and backward, no optimiser step.
+MSE loss, zero_grad(set_to_none=True), forward and backward, no optimiser step. A recurrent
+preset's step is its training loss on inputs and targets under an all-ones (teacher-forcing)
+mask, OpenSTL's own timing dummy (spec/rnn.md section 6).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from simvp_ray.models import build_model
+from simvp_ray.models.profile import training_step_loss
 from simvp_ray.presets import get_preset
 from simvp_ray.train.performance import SpeedOptions, autocast, bf16_supported, prepare_model
 
@@ -42,19 +46,20 @@ PEAK_TFLOPS = {"H100": {"bf16": 989.0, "fp32": 67.0}, "H200": {"bf16": 989.0, "f
 DEFAULT_BATCH = {"taxibj": 16, "mmnist": 2, "weather_t2m": 16, "weather_mv": 16}
 
 
-def train_step_flops(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> int:
+def train_step_flops(model: torch.nn.Module, config, x: torch.Tensor,
+                     target: torch.Tensor) -> int:
     counter = FlopCounterMode(display=False)
     with counter:
-        torch.nn.functional.mse_loss(model(x), target).backward()
+        training_step_loss(model, config, x, target).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
 
-def make_step(model, options: SpeedOptions, device, x, target):
+def make_step(model, config, options: SpeedOptions, device, x, target):
     def step() -> None:
         model.zero_grad(set_to_none=True)
         with autocast(options, device):
-            loss = torch.nn.functional.mse_loss(model(x).float(), target)
+            loss = training_step_loss(model, config, x, target).float()
         loss.backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -70,7 +75,7 @@ def run_preset(name: str, option_names: list[str], batch: int, device: torch.dev
     x = torch.rand(batch, config.in_frames, config.channels, config.height, config.width,
                    device=device)
     target = torch.rand(batch, config.out_frames, *x.shape[2:], device=device)
-    flops = train_step_flops(base.to(device), x, target)
+    flops = train_step_flops(base.to(device), config, x, target)
     steps = {}
     for option in option_names:
         options = OPTIONS[option]
@@ -79,8 +84,8 @@ def run_preset(name: str, option_names: list[str], batch: int, device: torch.dev
             continue
         model = build_model(config).train()
         model.load_state_dict(base.state_dict())
-        steps[option] = make_step(prepare_model(model, options, device), options, device, x,
-                                  target)
+        steps[option] = make_step(prepare_model(model, options, device), config, options,
+                                  device, x, target)
     for option, step in steps.items():
         start = time.perf_counter()
         for _ in range(warmup):
@@ -132,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
           "| OpenSTL eager samples/s (median / best) |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---|")
     for name in args.presets:
-        batch = args.batch or DEFAULT_BATCH[name.rsplit("_", 1)[0]]
+        batch = args.batch or next(size for dataset, size in DEFAULT_BATCH.items()
+                                   if name.startswith(f"{dataset}_"))
         for row in run_preset(name, args.options, batch, device, args.warmup, args.iters):
             peer = OPENSTL_CPU.get(name)
             peer_text = (f"{peer[0]:.2f} / {peer[1]:.2f}" if peer and row["option"] == "eager"

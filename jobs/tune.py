@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="dotted overrides of the recipe every trial shares")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per variant / budget")
     parser.add_argument("--translators", default=",".join(TRANSLATORS),
-                        help="variants: comma-separated translators (default: all)")
+                        help="variants: comma-separated translators and/or recurrent "
+                        "methods, e.g. gsta,convlstm,predrnn (default: all translators)")
     parser.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)),
                         help="epoch-scaling: multiples of train.epochs")
     parser.add_argument("--space", nargs="*", default=list(DEFAULT_SPACE),

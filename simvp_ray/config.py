@@ -16,8 +16,40 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class RecurrentConfig:
+    """OpenSTL's recurrent baselines (model.method != "simvp"): their `configs` entries.
+
+    Defaults are OpenSTL's Moving MNIST configs (spec/rnn.md section 4); the sampling
+    schedules are spec/rnn.md section 2.
+    """
+
+    num_hidden: tuple[int, ...] = (128, 128, 128, 128)  # width per layer ("128,128,128,128")
+    filter_size: int = 5  # conv kernel of the cells (E3D-LSTM ignores it: (2, 5, 5))
+    patch_size: int = 4  # space-to-depth factor (MAU: 1; PhyDNet: 2 or 4)
+    stride: int = 1
+    layer_norm: bool = False  # LayerNorm after each cell conv (MAU: always on)
+    reverse_scheduled_sampling: bool = False  # RSS (PredRNNv2's recipe) instead of SS
+    decouple_beta: float = 0.1  # PredRNNv2's decoupling-loss weight
+    sampling_stop_iter: int = 50000  # SS: eta reaches 0 at this global step
+    sampling_changing_rate: float = 2e-5  # SS: eta decrement per step
+    r_sampling_step_1: int = 25000  # RSS: first / second phase boundaries
+    r_sampling_step_2: int = 50000
+    r_exp_alpha: float = 5000.0  # RSS: time constant of the input-frame ramp
+    sr_size: int = 4  # MAU: down-sampling factor of its encoder
+    tau: int = 5  # MAU: attention history length
+    cell_mode: str = "normal"  # MAU: normal | residual
+    model_mode: str = "normal"  # MAU: normal | recall
+    openstl_quirks: bool = True  # keep OpenSTL's training quirks (MAU's never-stored eta,
+    # PhyDNet's MSE(scalar, targets) step); False fixes them (datasets/README.md)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    """SimVP model: encoder -> translator -> decoder. OpenSTL names in the comments."""
+    """SimVP model: encoder -> translator -> decoder. OpenSTL names in the comments.
+
+    `method` != "simvp" builds one of OpenSTL's recurrent baselines instead (its settings in
+    `recurrent`; the frame fields below are shared, the SimVP fields are then unused).
+    """
 
     translator: str = "gsta"  # OpenSTL `model_type`; see simvp_ray.models.TRANSLATORS
     in_frames: int = 4  # T of in_shape (pre_seq_length)
@@ -34,6 +66,9 @@ class ModelConfig:
     drop_path: float = 0.0  # stochastic depth of the last translator block (OpenSTL schedule)
     encoder_kernel: int = 3  # spatio_kernel_enc
     decoder_kernel: int = 3  # spatio_kernel_dec
+    # simvp | convlstm | predrnn | predrnnpp | predrnnv2 | mim | e3dlstm | mau | phydnet
+    method: str = "simvp"
+    recurrent: RecurrentConfig = field(default_factory=RecurrentConfig)  # method != simvp
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 `PRESETS["taxibj_gsta"]()` returns an ExperimentConfig. Names are `<dataset>_<translator>`
 for the datasets below and every translator, e.g. `mmnist_incepu`, `weather_t2m_swin`.
-Hyper-parameters are OpenSTL's merged configs (spec/models.md section 3).
+Hyper-parameters are OpenSTL's merged configs (spec/models.md section 3). The recurrent
+baselines are `mmnist_<method>` (`mmnist_convlstm`, `mmnist_predrnn`, ...; spec/rnn.md 4).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from simvp_ray.config import (
     ExperimentConfig,
     ModelConfig,
     OptimConfig,
+    RecurrentConfig,
     ScalingConfig,
     TrainConfig,
     override,
@@ -106,6 +108,33 @@ def recipe_preset(dataset: str, translator: str) -> ExperimentConfig:
     return override(config, recipe.overrides.get(translator, {}))
 
 
+# OpenSTL's configs/mmnist/<Method>.py (spec/rnn.md section 4): preset -> (method, peak lr,
+# recurrent settings). All: Adam, no weight decay, onecycle per step, batch 16, 200 epochs.
+RECURRENT_RECIPES: dict[str, tuple[str, float, RecurrentConfig]] = {
+    "convlstm": ("convlstm", 5e-4, RecurrentConfig()),  # ConvLSTM-S
+    "convlstm_l": ("convlstm", 5e-4, RecurrentConfig(num_hidden=(192, 192, 192, 192))),
+    "predrnn": ("predrnn", 5e-4, RecurrentConfig()),
+    "predrnnpp": ("predrnnpp", 1e-4, RecurrentConfig()),
+    "predrnnv2": ("predrnnv2", 5e-4, RecurrentConfig(reverse_scheduled_sampling=True)),
+    "mim": ("mim", 5e-4, RecurrentConfig()),
+    "e3dlstm": ("e3dlstm", 1e-4, RecurrentConfig()),
+    "mau": ("mau", 1e-3, RecurrentConfig(num_hidden=(64, 64, 64, 64), patch_size=1)),
+    "phydnet": ("phydnet", 1e-3, RecurrentConfig()),
+}
+
+
+def recurrent_preset(name: str) -> ExperimentConfig:
+    method, lr, recurrent = RECURRENT_RECIPES[name]
+    recipe = RECIPES["mmnist"]
+    return ExperimentConfig(
+        name=f"mmnist_{name}",
+        model=dataclasses.replace(recipe.model, method=method, recurrent=recurrent),
+        data=DataConfig(url=recipe.data_url),
+        optim=dataclasses.replace(recipe.optim, lr=lr),
+        train=TrainConfig(epochs=recipe.epochs),
+    )
+
+
 def demo() -> ExperimentConfig:
     """A small gSTA (SimVPv2) on the embedded synthetic data: minutes on 2 CPU cores."""
     return ExperimentConfig(
@@ -127,6 +156,8 @@ def _all_presets() -> dict[str, Callable[[], ExperimentConfig]]:
         for translator in recipe.lrs:
             presets[f"{dataset}_{translator}"] = (
                 lambda d=dataset, t=translator: recipe_preset(d, t))
+    for name in RECURRENT_RECIPES:
+        presets[f"mmnist_{name}"] = lambda n=name: recurrent_preset(n)
     return presets
 
 

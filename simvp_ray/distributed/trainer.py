@@ -34,6 +34,7 @@ from simvp_ray.distributed.worker import STOPPED, train_worker
 from simvp_ray.plan import check_plan, store_fingerprint
 from simvp_ray.train.checkpoint import STORE_FILE, load_checkpoint, load_run_record
 from simvp_ray.train.inference import forecast_window
+from simvp_ray.train.methods import check_method
 
 RESULT_FILE = "result.json"
 SYNTHETIC_VERSION = "v1"
@@ -241,6 +242,7 @@ def run_experiment(config: ExperimentConfig, *, storage: str = "runs",
     if resume and not exists:
         raise ValueError(f"cannot resume: no run {name!r} under {storage}")
     check_storage_writable(storage)
+    check_method(config.model)  # a config the model / method cannot run fails before Ray
     config = resolve_data(config)
     plan = check_plan(config)  # every config error here, in seconds, before Ray starts
     if resume:

@@ -39,7 +39,9 @@ from simvp_ray.distributed.trainer import (
     write_result,
 )
 from simvp_ray.models import TRANSLATORS
+from simvp_ray.models.recurrent import RECURRENT_MODELS
 from simvp_ray.plan import check_plan
+from simvp_ray.train.methods import check_method
 
 RUNS_FOLDER = "runs"  # <experiment>/runs/<trial>: the Train run (checkpoints) + result.json
 METRIC = "val/mse"
@@ -98,11 +100,21 @@ def parse_budgets(text: str | Sequence[Any]) -> tuple[int, ...]:
 
 
 def check_translators(names: Sequence[str]) -> tuple[str, ...]:
-    unknown = [name for name in names if name not in TRANSLATORS]
+    """Variants: SimVP translators and / or OpenSTL's recurrent methods, by name."""
+    unknown = [name for name in names if name not in TRANSLATORS and name not in RECURRENT_MODELS]
     if unknown or not names:
         raise ValueError(f"unknown translator(s) {unknown or list(names)}; valid: "
-                         f"{', '.join(TRANSLATORS)}")
+                         f"{', '.join([*TRANSLATORS, *RECURRENT_MODELS])} (translators, then "
+                         "recurrent methods)")
     return tuple(names)
+
+
+def variant_overrides(name: str, base: ExperimentConfig) -> dict[str, Any]:
+    """The config changes of one variant: a recurrent method, or a SimVP translator."""
+    if name in RECURRENT_MODELS:
+        return {"model.method": name}
+    method = {} if base.model.method == "simvp" else {"model.method": "simvp"}
+    return {**method, "model.translator": name}
 
 
 def seeds_of(base: ExperimentConfig, num_seeds: int) -> list[int]:
@@ -124,9 +136,10 @@ def epoch_scaling_plan(base: ExperimentConfig, *, num_seeds: int = 1,
 
 def variants_plan(base: ExperimentConfig, *, num_seeds: int = 1,
                   translators: Sequence[str] = TRANSLATORS, **_: Any) -> ExperimentPlan:
-    """Every translator under the same recipe (the base config's optimiser and epochs)."""
+    """Every translator (or recurrent method) under the same recipe (the base config's
+    optimiser and epochs; a recurrent method's settings from model.recurrent)."""
     trials = [TrialSpec(f"{name}-s{seed}", name, seed,
-                        {"model.translator": name, "train.seed": seed})
+                        {**variant_overrides(name, base), "train.seed": seed})
               for name in check_translators(translators) for seed in seeds_of(base, num_seeds)]
     return ExperimentPlan("variants", trials)
 
@@ -155,7 +168,7 @@ def build_plan(kind: str, base: ExperimentConfig, **options: Any) -> ExperimentP
         raise ValueError(f"unknown experiment {kind!r}; valid: {', '.join(EXPERIMENTS)}")
     plan = EXPERIMENTS[kind](base, **options)
     for trial in plan.trials:  # every planned config must be valid before anything runs
-        override(base, trial.overrides)
+        check_method(override(base, trial.overrides).model)
     return plan
 
 

@@ -1,4 +1,5 @@
-"""The presets' cost table (translator, input shape, params, GFLOPs, samples/s) as Markdown."""
+"""The presets' cost table (translator or recurrent method, input shape, params, GFLOPs,
+samples/s) as Markdown."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def cost_rows(configs: Iterable[ExperimentConfig], measure: bool = True, batch_s
         cost = profile(model, device="cpu", batch_size=batch_size, iters=iters, measure=measure)
         rows.append({
             "preset": config.name,
-            "translator": model.translator,
+            "translator": model.translator if model.method == "simvp" else model.method,
             "input": f"{model.in_frames}x{model.channels}x{model.height}x{model.width}",
             "params_M": cost["params"] / 1e6,
             "GFLOPs": cost["flops"] / 1e9,
@@ -27,8 +28,8 @@ def cost_rows(configs: Iterable[ExperimentConfig], measure: bool = True, batch_s
 
 
 def format_cost_table(rows: list[dict]) -> str:
-    header = ("| preset | translator | T x C x H x W | params (M) | GFLOPs | fwd samples/s "
-              "| fwd+bwd samples/s |\n|---|---|---|---:|---:|---:|---:|")
+    header = ("| preset | translator / method | T x C x H x W | params (M) | GFLOPs "
+              "| fwd samples/s | fwd+bwd samples/s |\n|---|---|---|---:|---:|---:|---:|")
     lines = [header]
     for row in rows:
         speed = [f"{row[k]:.1f}" if row[k] is not None else "-"

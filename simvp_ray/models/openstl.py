@@ -1,4 +1,5 @@
-"""Interop with OpenSTL: its `SimVP_Model` keyword arguments and state dicts, both ways.
+"""Interop with OpenSTL: its `SimVP_Model` keyword arguments (or, for the recurrent methods, its
+`configs` with a `method` key) and state dicts, both ways.
 
 Our module tree has OpenSTL's key names, so a state dict loads with no renaming; this module
 maps the constructor arguments, strips wrapper prefixes and turns mismatches into clear errors.
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from simvp_ray.config import ModelConfig
+from simvp_ray.models.recurrent import RECURRENT_MODELS
 from simvp_ray.models.simvp import build_model
 from simvp_ray.models.translators import canonical_name
 
@@ -107,8 +109,17 @@ def _preview(items: list[str], limit: int = 8) -> str:
 
 def from_openstl(openstl_kwargs: Mapping[str, Any],
                  state_dict: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
-    """Our model from OpenSTL SimVP_Model kwargs, optionally loaded with its state dict."""
-    model = build_model(config_from_openstl(openstl_kwargs))
+    """Our model from OpenSTL SimVP_Model kwargs, or from the configs of a recurrent method
+    (`configs["method"]`, e.g. "PredRNN"), optionally loaded with its state dict (strict)."""
+    method = str(openstl_kwargs.get("method", "simvp")).lower()
+    if method == "simvp":
+        kwargs = {k: v for k, v in openstl_kwargs.items() if k != "method"}
+        model = build_model(config_from_openstl(kwargs))
+    elif method in RECURRENT_MODELS:
+        model = RECURRENT_MODELS[method](openstl_kwargs)
+    else:
+        raise ValueError(f"unknown OpenSTL method {openstl_kwargs['method']!r}; valid: SimVP, "
+                         f"{', '.join(RECURRENT_MODELS)}")
     if state_dict is not None:
         load_checked(model, state_dict)
     return model

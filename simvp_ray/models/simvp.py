@@ -21,6 +21,7 @@ from torch import nn
 
 from simvp_ray.config import ModelConfig
 from simvp_ray.models.layers import ConvSC
+from simvp_ray.models.recurrent.build import build_recurrent
 from simvp_ray.models.translators import build_translator, canonical_name
 
 
@@ -134,5 +135,8 @@ class SimVP(nn.Module):
 
 
 def build_model(model_config: ModelConfig) -> nn.Module:
-    """The SimVP model a ModelConfig describes (plain PyTorch, OpenSTL key names)."""
-    return SimVP(model_config)
+    """The model a ModelConfig describes (plain PyTorch, OpenSTL key names): SimVP, or the
+    recurrent baseline `model_config.method` names."""
+    if model_config.method == "simvp":
+        return SimVP(model_config)
+    return build_recurrent(model_config)

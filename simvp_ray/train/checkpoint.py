@@ -47,8 +47,10 @@ def _as_tuple(value: Any) -> Any:
 def save_checkpoint(folder: str | Path, *, model_state: dict[str, torch.Tensor],
                     optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int,
                     global_step: int, config: ExperimentConfig,
-                    history: list[dict[str, float]]) -> Path:
-    """Write the checkpoint folder; returns it."""
+                    history: list[dict[str, float]],
+                    method_state: dict[str, Any] | None = None) -> Path:
+    """Write the checkpoint folder; returns it. `method_state`: the training method's sampler
+    state (simvp_ray.train.methods), so a resumed run draws the masks an uninterrupted one does."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config_dict = to_dict(config)
@@ -62,6 +64,7 @@ def save_checkpoint(folder: str | Path, *, model_state: dict[str, torch.Tensor],
         "rng": rng_state(),
         "config": json.dumps(config_dict),
         "history": [{k: float(v) for k, v in row.items()} for row in history],  # every epoch
+        "method": dict(method_state or {}),
     }
     # write then rename, so a crash never leaves a truncated checkpoint under the real name
     partial = folder / (CHECKPOINT_FILE + ".partial")

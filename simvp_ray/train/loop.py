@@ -22,7 +22,7 @@ from simvp_ray.config import ExperimentConfig
 from simvp_ray.models import build_model, to_openstl_state_dict
 from simvp_ray.models.openstl import load_checked
 from simvp_ray.train.checkpoint import save_checkpoint, set_rng_state
-from simvp_ray.train.losses import build_loss
+from simvp_ray.train.methods import build_method
 from simvp_ray.train.metrics import MetricAccumulator, latitude_weights, persistence_forecast
 from simvp_ray.train.optim import build_optimizer, build_scheduler
 from simvp_ray.train.performance import (
@@ -124,6 +124,7 @@ def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]
     optimizer = build_optimizer(plain, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, config.train.epochs,
                                 runtime.steps_per_epoch)
+    method = build_method(config, runtime.rank)  # the training step: SimVP's or an RNN's
     start_epoch, global_step, history = 0, 0, []
     if runtime.resume is not None:
         if runtime.resume["config"].model != config.model:
@@ -134,11 +135,11 @@ def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]
         optimizer.load_state_dict(runtime.resume["optimizer"])
         scheduler.load_state_dict(runtime.resume["scheduler"])
         set_rng_state(runtime.resume["rng"])
+        method.load_state_dict(runtime.resume.get("method", {}))  # the sampler's state (eta)
         start_epoch = runtime.resume["epoch"] + 1
         global_step = runtime.resume["global_step"]
         history = list(runtime.resume["history"])
-    model = compile_if_asked(runtime.wrap_model(plain), options)
-    loss_fn = build_loss(config.train.loss, config.train.tau_alpha)
+    model = compile_if_asked(runtime.wrap_model(method.wrap(plain)), options)
     metrics: dict[str, float] = {}
     run_start = time.perf_counter()
     for epoch in range(start_epoch, config.train.epochs):
@@ -151,8 +152,7 @@ def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]
         for step, batch in zip(range(runtime.steps_per_epoch), batches):
             x, y = _as_tensor(batch["x"], runtime.device), _as_tensor(batch["y"], runtime.device)
             with autocast(options, runtime.device):
-                pred = model(x)
-            loss = loss_fn(pred.float(), y)
+                loss = method.training_loss(model, x, y, global_step, epoch)
             # every worker must stop at the same step (a lone raise would hang DDP's all-reduce)
             non_finite = (~torch.isfinite(loss.detach())).double().reshape(1)
             runtime.all_reduce(non_finite)
@@ -206,7 +206,7 @@ def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]
                 runtime.checkpoint_dir / f"epoch_{epoch:04d}",
                 model_state=to_openstl_state_dict(plain), optimizer=optimizer,
                 scheduler=scheduler, epoch=epoch, global_step=global_step, config=config,
-                history=history)
+                history=history, method_state=method.state_dict())
         if runtime.rank == 0:
             runtime.log(progress_line(metrics, epoch, config.train.epochs, start_epoch,
                                       time.perf_counter() - run_start))

@@ -65,3 +65,22 @@ def test_an_existing_experiment_is_not_overwritten(tmp_path, capsys):
     (tmp_path / "exp" / "simvp_experiment.json").write_text("{}")
     assert load_job("tune").main(["--storage", str(tmp_path), "--name", "exp"]) == 2
     assert "experiment 'exp' already exists" in capsys.readouterr().err
+
+
+def test_variants_mix_translators_and_recurrent_methods():
+    plan = build_plan("variants", get_preset("demo"), translators=["convlstm", "gsta"])
+    assert [(t.name, t.group, t.overrides) for t in plan.trials] == [
+        ("convlstm-s0", "convlstm", {"model.method": "convlstm", "train.seed": 0}),
+        ("gsta-s0", "gsta", {"model.translator": "gsta", "train.seed": 0})]
+    recurrent_base = get_preset("mmnist_predrnn")
+    plan = build_plan("variants", recurrent_base, translators=["gsta"])
+    assert plan.trials[0].overrides == {"model.method": "simvp", "model.translator": "gsta",
+                                        "train.seed": recurrent_base.train.seed}
+
+
+def test_a_recurrent_variant_the_recipe_cannot_run_fails_before_ray(tmp_path, capsys):
+    args = ["--translators", "gsta,predrnnpp", "--set", "model.recurrent.num_hidden=8",
+            "--storage", str(tmp_path)]
+    assert load_job("tune").main(args) == 2
+    assert "predrnnpp needs >= 2 layers" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

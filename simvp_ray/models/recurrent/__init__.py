@@ -6,11 +6,20 @@ Every model takes OpenSTL's `configs` mapping and offers the same two calls:
 - `model.training_loss(batch_x, batch_y, mask_true)`: the loss OpenSTL's training step returns,
   given a sampling mask in OpenSTL's layout (spec/rnn.md section 2).
 
-`RECURRENT_MODELS` maps OpenSTL's method key (`configs["method"]`) to the model class.
+`RECURRENT_MODELS` maps OpenSTL's method key (`configs["method"]`, lower case) to the class.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-RECURRENT_MODELS: dict[str, type[nn.Module]] = {}
+from simvp_ray.models.recurrent.convlstm import ConvLSTM
+from simvp_ray.models.recurrent.predrnn import PredRNN, PredRNNv2
+from simvp_ray.models.recurrent.predrnnpp import PredRNNpp
+
+RECURRENT_MODELS: dict[str, type[nn.Module]] = {
+    "convlstm": ConvLSTM,
+    "predrnn": PredRNN,
+    "predrnnv2": PredRNNv2,
+    "predrnnpp": PredRNNpp,
+}
