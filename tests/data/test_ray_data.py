@@ -58,8 +58,7 @@ def store(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def data(store) -> DataConfig:
     # 64 windows per read: a handful of blocks per split, so block order matters but stays cheap
-    return DataConfig(url=store, windows_per_read=32, batch_size=8, val_batch_size=8,
-                      shuffle_buffer=32)
+    return DataConfig(url=store, windows_per_read=32, batch_size=8, val_batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +128,7 @@ def test_each_split_holds_the_same_windows_as_the_numpy_iterator(local_ray, data
 def test_shuffled_training_order_is_reproducible_from_seed_and_epoch(local_ray, data):
     def order(seed: int, epoch: int) -> list[str]:
         ds = build_ray_datasets(data, MODEL, seed=seed)["train"]
-        return window_keys(ray_windows(ds, local_shuffle_buffer_size=data.shuffle_buffer,
+        return window_keys(ray_windows(ds, local_shuffle_buffer_size=32,
                                        local_shuffle_seed=seed + epoch))
 
     first = order(7, 0)
