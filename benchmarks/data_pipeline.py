@@ -16,6 +16,7 @@ bytes read for validation per epoch with 2 workers (replayed through a counting 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -158,7 +159,20 @@ def consume_feeds(config: dict) -> dict[str, dict]:
 
     out = {}
     for name, spec in config["paths"].items():
-        if spec["kind"] == "windows":  # the old training stream: Train's shard + 256 buffer
+        if spec["kind"] == "numpy":  # (1) in this worker: fancy indexing, shuffled order
+            store = open_dataset(spec["url"])
+            frames = normalize(store.frames[:], store.stats)  # (T, C, H, W)
+            steps, starts = np.asarray(spec["steps"]), np.asarray(spec["starts"])
+
+            def batches(epoch, frames=frames, steps=steps, starts=starts,
+                        t_in=spec["in_frames"]):
+                order = np.random.default_rng(epoch).permutation(starts)
+                for i in range(0, len(order) - config["batch"] + 1, config["batch"]):
+                    at = order[i : i + config["batch"]]
+                    windows = frames[at[:, None] + steps[None, :]]
+                    yield {"x": windows[:, :t_in], "y": windows[:, t_in:],
+                           "t0": at + steps[t_in]}
+        elif spec["kind"] == "windows":  # the old training stream: Train's shard + 256 buffer
             shard = ray.train.get_dataset_shard(name)
 
             def batches(epoch, shard=shard):
@@ -191,22 +205,24 @@ def consume_feeds(config: dict) -> dict[str, dict]:
     return out
 
 
-def resident_uss(config: dict) -> int:
-    """Train loop of the memory runs: one epoch of resident batches (every frame touched),
-    then this worker's unique memory (USS)."""
+def resident_uss(config: dict) -> None:
+    """Train loop of the memory runs: this worker's unique memory (USS) before mapping the
+    resident split and after one epoch of its batches (every frame touched), into a file."""
     import psutil
     import ray.train
 
     from simvp_ray.data.ray_data import WindowFeed
 
     context = ray.train.get_context()
+    before = psutil.Process().memory_full_info().uss
     feed = WindowFeed(config["plan"], "train", config["data"], config["model"],
                       context.get_world_rank(), context.get_world_size(), seed=0)
     for _ in feed.train_batches(0, config["batch"], shuffle=True):
         pass
-    uss = psutil.Process().memory_full_info().uss
-    ray.train.report({"uss": uss})
-    return uss
+    after = psutil.Process().memory_full_info().uss
+    name = f"{config['out']}/uss_{context.get_world_size()}_{context.get_world_rank()}.json"
+    Path(name).write_text(json.dumps({"before": before, "after": after}))
+    ray.train.report({"done": 1})
 
 
 def bench_ray(stores: list[tuple[Shape, Path]], batch: int, epochs: int,
@@ -226,6 +242,12 @@ def bench_ray(stores: list[tuple[Shape, Path]], batch: int, epochs: int,
         key = shape.name.split()[0]
         datasets[f"{key}_old"] = build_ray_datasets(data, model)["train"]
         paths[f"{key}_old"] = {"kind": "windows"}
+        starts = window_starts(open_dataset(str(path)), "train", shape.in_frames,
+                               shape.out_frames)
+        paths[f"{key}_numpy"] = {"kind": "numpy", "url": str(path), "starts": starts.tolist(),
+                                 "steps": window_offsets(shape.in_frames,
+                                                         shape.out_frames).tolist(),
+                                 "in_frames": shape.in_frames}
         for mode in ("streaming", "resident"):
             mode_data = DataConfig(**{**data.__dict__, "mode": mode})
             plan = plan_data(mode_data, model, splits=("train",))
@@ -246,19 +268,18 @@ def bench_ray(stores: list[tuple[Shape, Path]], batch: int, epochs: int,
             run_config=ray.train.RunConfig(name="bench", storage_path=storage),
         ).fit()
         records = result.return_value
-        uss = {}
         plan, data, model, path = memory
         for workers in (1, 2):
-            fit = TorchTrainer(
+            TorchTrainer(
                 resident_uss, train_loop_config={"plan": plan, "data": data, "model": model,
-                                                 "batch": batch},
+                                                 "batch": batch, "out": storage},
                 scaling_config=ray.train.ScalingConfig(num_workers=workers,
                                                        resources_per_worker={"CPU": 1}),
                 run_config=ray.train.RunConfig(name=f"uss{workers}", storage_path=storage),
             ).fit()
-            # only rank 0 returns: every worker reports, and the metrics file keeps rank 0's
-            uss[workers] = fit.return_value
-        records["uss"] = {"one": uss[1], "rank0_of_two": uss[2], "path": str(path)}
+        records["uss"] = {f"{w}_{r}": json.loads(Path(f"{storage}/uss_{w}_{r}.json").read_text())
+                          for w, r in ((1, 0), (2, 0), (2, 1))}
+        records["uss"]["path"] = str(path)
     return records
 
 
@@ -416,27 +437,27 @@ def main(argv: list[str] | None = None) -> int:
         plain, _ = bench_numpy_store(path, shape, args.batch, True)
         loaders = {workers: bench_dataloader(dataset, starts, steps, shape.in_frames, args.batch,
                                              workers) for workers in (0, 2)}
-        rates = {"(1) numpy slicing in memory, shuffled": (ceiling, numpy_memory_t0s(
-                     starts, steps, shape.in_frames, args.batch)),
-                 "(2) iter_numpy_batches from Zarr": (plain, numpy_store_t0s(path, shape,
-                                                                             args.batch)),
-                 "DataLoader, map-style, num_workers=0": loaders[0],
-                 "DataLoader, map-style, num_workers=2": loaders[2]}
-        for mode, title in (("old", "Ray streaming before (Train shard + 256-window buffer)"),
-                            ("streaming", "Ray streaming (WindowFeed), 1 Train worker"),
-                            ("resident", "Ray resident (WindowFeed), 1 Train worker")):
+        rates = {"numpy-memory": (ceiling, numpy_memory_t0s(starts, steps, shape.in_frames,
+                                                            args.batch)),
+                 "iter_numpy_batches": (plain, numpy_store_t0s(path, shape, args.batch)),
+                 "dataloader-w0": loaders[0], "dataloader-w2": loaders[2]}
+        for mode, title in (("numpy", "numpy-memory-in-worker"),
+                            ("old", "ray-streaming-before"), ("streaming", "ray-streaming"),
+                            ("resident", "ray-resident")):
             record = records[f"{key}_{mode}"]
             best = max(rate(n, seconds) for n, seconds, _ in record["epochs"])
             rates[title] = (best, record["t0"])
-        loader0 = rates["DataLoader, map-style, num_workers=0"][0]
-        loader2 = rates["DataLoader, map-style, num_workers=2"][0]
+        # the ceiling measured in the same worker, just before the resident feed
+        ceiling = rates["numpy-memory-in-worker"][0]
+        loader0, loader2 = rates["dataloader-w0"][0], rates["dataloader-w2"][0]
         for title, (value, t0s) in rates.items():
             rows.append((label, title, value, value / ceiling, value / loader0, value / loader2))
             spread, corr = shuffle_quality(t0s, split_t0)
-            shuffle_lines.append(f"shuffle {key} {title}: batch_spread={spread:.3f} "
+            shuffle_lines.append(f"shuffle {key}/{title}: batch_spread={spread:.3f} "
                                  f"epoch_corr={corr:.3f}")
-        resident = rates["Ray resident (WindowFeed), 1 Train worker"][0]
-        ratio_lines.append(f"{key}: resident / (1) = {resident / ceiling:.3f} (goal >= 0.5)")
+        resident = rates["ray-resident"][0]
+        ratio_lines.append(f"{key}: resident / (1) in the same worker = {resident / ceiling:.3f}"
+                           " (goal >= 0.5)")
         ratio_lines.append(f"{key}: resident / DataLoader(0) = {resident / loader0:.2f}, "
                            f"/ DataLoader(2) = {resident / loader2:.2f} (goal >= 2)")
         data = DataConfig(url=str(path), windows_per_read=args.windows_per_read)
@@ -447,18 +468,23 @@ def main(argv: list[str] | None = None) -> int:
     dataset = open_dataset(uss["path"])
     a, b = dataset.split_range("train")
     split = (b - a) * 4 * int(np.prod(dataset.frames.shape[1:]))
-    # two workers of one node: each one's USS; together they exceed one worker's by (2u2 - u1)
-    extra = 2 * uss["rank0_of_two"] - uss["one"]
+    # what the resident data adds to each worker's unique memory (after one epoch - before)
+    added = {key: value["after"] - value["before"] for key, value in uss.items()
+             if key != "path"}
+    extra = added["2_0"] + added["2_1"] - added["1_0"]
+    mib = 2**20
     other_lines.append(
-        f"memory: resident, 1 worker USS {uss['one'] / 2**20:.0f} MiB; 2 workers "
-        f"{2 * uss['rank0_of_two'] / 2**20:.0f} MiB together (2 x rank 0's); extra "
-        f"{extra / 2**20:.0f} MiB = {extra / split:.3f} x the train split "
-        f"({split / 2**20:.0f} MiB; goal <= 0.2)")
+        f"memory: resident TaxiBJ train split {split / mib:.0f} MiB; USS added by the data: "
+        f"1 worker {added['1_0'] / mib:.1f} MiB, 2 workers {added['2_0'] / mib:.1f} + "
+        f"{added['2_1'] / mib:.1f} MiB; 2 workers together exceed 1 by {extra / mib:.1f} MiB "
+        f"= {extra / split:.3f} x the split (goal <= 0.2); whole-worker USS 1 worker "
+        f"{uss['1_0']['after'] / mib:.0f} MiB, 2 workers {uss['2_0']['after'] / mib:.0f} + "
+        f"{uss['2_1']['after'] / mib:.0f} MiB")
 
     print(f"\nbatch {args.batch}, windows_per_read {args.windows_per_read}, "
           f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
           f"python {platform.python_version()}\n")
-    print("| store | path | windows/s | vs (1) | vs DataLoader(0) | vs DataLoader(2) |")
+    print("| store | path | windows/s | vs (1) in worker | vs DataLoader(0) | vs DataLoader(2) |")
     print("|---|---|---:|---:|---:|---:|")
     for label, path_name, value, vs1, vs_l0, vs_l2 in rows:
         print(f"| {label} | {path_name} | {value:,.0f} | {vs1:.3f} | {vs_l0:.2f} | {vs_l2:.2f} |")
