@@ -19,6 +19,7 @@ from simvp_ray.config import DataConfig, ModelConfig
 from simvp_ray.data import (
     denormalize,
     iter_numpy_batches,
+    normalize,
     open_dataset,
     read_windows,
     window_starts,
@@ -30,6 +31,7 @@ from simvp_ray.data.ray_data import (
     build_ray_datasets,
     choose_data_mode,
     count_split_windows,
+    load_resident,
     plan_data,
     stream_share,
 )
@@ -110,6 +112,8 @@ def test_rows_are_normalised_windows_and_denormalise_to_physical_units(local_ray
     expected_y = (raw[starts[:, None] + 4 + np.arange(4)] - mean) / std
     np.testing.assert_allclose(got["x"], expected_x, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(got["y"], expected_y, rtol=1e-6, atol=1e-6)
+    t0 = np.concatenate([b["t0"] for b in datasets["val"].iter_batches(batch_format="numpy")])
+    np.testing.assert_array_equal(t0, starts + 4)  # the first target frame's step
     # denormalisation gives the stored physical values back
     physical = read_windows(dataset, starts, 4, 4, normalized=False)
     np.testing.assert_allclose(denormalize(got["y"], dataset.stats), physical["y"],
@@ -185,6 +189,14 @@ def test_an_s3_store_yields_the_same_windows_as_its_local_copy(local_ray, s3_buc
         expected = ray_windows(build_ray_datasets(local, MODEL)[split])
         np.testing.assert_array_equal(got["x"], expected["x"])
         np.testing.assert_array_equal(got["y"], expected["y"])
+    # resident: read tasks load each split from S3 once, normalised, into the object store
+    resident = load_resident(DataConfig(**{**remote.__dict__, "mode": "resident"}), MODEL)
+    dataset = open_dataset(data.url)
+    for split in ("train", "val"):
+        a, b = dataset.split_range(split)
+        frames = local_ray.get(resident[split].frames)
+        assert resident[split].first == a and frames.shape == (b - a, 2, 16, 16)
+        np.testing.assert_array_equal(frames, normalize(dataset.frames[a:b], dataset.stats))
 
 
 def record_feeds(config: dict) -> None:
