@@ -1,26 +1,24 @@
-"""Ray Datasets of (input, target) windows read from a Zarr store: the one Ray Data module.
+"""Ray Data over the Zarr stores: the one Ray Data module.
 
-Each read task owns the valid window starts of a run of at least READ_CHUNKS whole Zarr chunks;
-it reads its time span once (plus the halo of the last window, T_in + T_out - 1 frames times the
-frame step: one more chunk), normalises it once and cuts its windows in memory, emitting blocks
-of about `windows_per_read` windows. A frame is thus read at most 1 + 1 / READ_CHUNKS times per
-epoch instead of T_in + T_out times. `ray.data.read_zarr` cannot do this (zarr 3 unsupported,
-row- not window-based).
+Training data comes in one of two modes, decided on the driver (`plan_data`, `data.mode`):
+- resident: read tasks read and normalise each split once per run (`ZarrFrameDatasource`,
+  chunk-aligned ranges, local or S3) into one object-store array per split (`load_resident`);
+  every worker maps it without copying and takes, each epoch, its share of one global
+  permutation of all windows drawn from (seed, epoch) (`WindowFeed`, `shard_positions`).
+- streaming: each epoch each worker builds its own Ray Dataset of frames over its equal share
+  of runs of at least READ_CHUNKS chunks, in an order drawn from (seed, epoch) (`stream_share`),
+  and shuffles windows across `data.shuffle_buffer_bytes` of frames. A frame is read at most
+  1 + 1 / READ_CHUNKS times per epoch (each run reads its last window's tail from the next
+  chunk). Frames, not windows, cross the object store: a window is T_in + T_out frames.
+Windows are cut by `SpanWindows` (the data layer's one cutter) in a background thread.
+Validation: rank r scores windows (resident) or runs (streaming) r, r + W, ...: every window
+once, and read once per epoch in total. Shuffling by scattering single-window reads instead is
+7x slower from local disk and 25x from S3 (spec/ray.md 3.4); `Dataset.randomize_block_order`
+is an all-to-all barrier in Ray 2.60 (it materialises the split before the first batch).
 
-Shuffling (training): the read tasks run in an order drawn once from the seed, and each epoch's
-batches come from a local shuffle buffer seeded with seed + epoch. The task order is shuffled
-inside the datasource because `Dataset.randomize_block_order` is an all-to-all barrier in Ray
-2.60: it waits until every block of the split is read, i.e. it materialises the whole training
-split as windows (8x / 24x the frames for TaxiBJ / WeatherBench t2m) before the first batch.
-Scattering single-window reads instead (a global `random_shuffle` of window ids) is 7x slower
-from local disk and 25x slower from S3 (spec/ray.md 3.4: 780 vs 5,800 windows/s local, 110 vs
-2,900 on S3). With order-preserving execution the same seed gives the same batches on every
-run, which makes a resumed run equal an uninterrupted one. benchmarks/data_pipeline.md has the
-throughput of each path.
-
-Validation and test are not shuffled and not split by Ray Train: each worker takes every
-world_size-th batch of the same ordered stream (`iter_rank_batches`), so every window is
-evaluated exactly once across workers.
+`build_ray_datasets` gives Ray Datasets of windows ({"x", "y", "t0"} rows) for evaluation and
+prediction: one read task per run of READ_CHUNKS chunks, its span read once, its windows cut in
+memory (`ray.data.read_zarr` cannot: zarr 3 unsupported, row- not window-based).
 """
 
 from __future__ import annotations
@@ -207,13 +205,6 @@ def count_split_windows(data_config: DataConfig, model_config: ModelConfig,
     return len(window_starts(dataset, split, model_config.in_frames, model_config.out_frames,
                              data_config.frame_step, data_config.window_stride,
                              window["offsets"]))
-
-
-def iter_rank_batches(batches: Iterator, rank: int, world_size: int) -> Iterator:
-    """This worker's share of an ordered, unsplit stream: batches rank, rank + W, ..."""
-    for index, batch in enumerate(batches):
-        if index % world_size == rank:
-            yield batch
 
 
 # --- Frames, read once: the resident copy and the streaming worker's spans -------------------
