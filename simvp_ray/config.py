@@ -86,7 +86,10 @@ class DataConfig:
     batch_size: int = 16  # per training step, summed over all workers (OpenSTL: 16 on 1 GPU)
     val_batch_size: int = 16
     shuffle: bool = True  # training windows in a seeded random order (else in time order)
-    shuffle_buffer: int = 256  # windows in the local shuffle buffer of each worker
+    shuffle_buffer_bytes: int = 256 << 20  # streaming: frames a worker holds and shuffles
+    # windows across (about 8 random runs of chunks, as iter_numpy_batches does)
+    mode: str = "auto"  # resident | streaming | auto (resident when the splits fit the budget)
+    resident_max_bytes: int = 0  # resident budget; 0 = 0.4 x the smallest node's object store
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Launch a training run on Ray Train's TorchTrainer and summarise it in `result.json`.
 
-`run_experiment(config, storage=..., name=...)` connects to (or starts) Ray, streams the
-store through Ray Data, trains with `worker.train_worker` on every worker, and writes
+`run_experiment(config, storage=..., name=...)` connects to (or starts) Ray, holds the store's
+splits in the object store or streams them through Ray Data (`data.mode`), trains with
+`worker.train_worker` on every worker, and writes
 `<storage>/<name>/result.json`. `build_trainer` is the one place a TorchTrainer is built: the
 Tune trials of `tune.py` fit the same trainer.
 """
@@ -21,14 +22,13 @@ from typing import Any
 import pyarrow.fs
 import ray
 import ray.train
-from ray.data import ExecutionOptions
 from ray.train.torch import TorchTrainer
 
 from simvp_ray.analysis.panels import plot_forecast_panel
 from simvp_ray.analysis.tensorboard import write_tensorboard
 from simvp_ray.config import ExperimentConfig, from_dict, override, to_dict
 from simvp_ray.data import open_dataset
-from simvp_ray.data.ray_data import build_ray_datasets, count_split_windows
+from simvp_ray.data.ray_data import check_windows, plan_data
 from simvp_ray.data.synthetic import write_synthetic
 from simvp_ray.distributed.worker import STOPPED, train_worker
 from simvp_ray.plan import check_plan, store_fingerprint
@@ -188,19 +188,23 @@ def scaling_config(config: ExperimentConfig) -> ray.train.ScalingConfig:
 
 def build_trainer(config: ExperimentConfig, *, storage: str, name: str,
                   callbacks: Sequence[ray.train.UserCallback] = ()) -> TorchTrainer:
-    """The TorchTrainer of one run (`config` resolved, Ray connected): Ray Data streams of the
-    store, `train_worker` on every worker, checkpoints under `<storage>/<name>`. A run name
-    that exists in storage resumes from its latest checkpoint (Train V2's behaviour)."""
+    """The TorchTrainer of one run (`config` resolved, Ray connected): the data plan (resident
+    or streaming) of the store, `train_worker` on every worker, checkpoints under
+    `<storage>/<name>`. A run name that exists in storage resumes from its latest checkpoint
+    (Train V2's behaviour)."""
     quiet_ray_data()
-    datasets = build_ray_datasets(config.data, config.model, seed=config.train.seed)
-    if "val" not in datasets:
+    counts = check_windows(config.data, config.model)
+    if "val" not in counts:
         raise ValueError(f"the store {config.data.url} has no val split")
+    # resident or streaming, decided (and the resident splits loaded) here, before any worker
+    data_plan = plan_data(config.data, config.model)
+    print(f"data: {data_plan['mode']} ({data_plan['why']})", flush=True)
     dataset = open_dataset(config.data.url)
     names = list(config.data.channels) or dataset.channels
     picked = [dataset.channels.index(name) for name in names]
     loop_config = {
         "config": to_dict(config),
-        "num_train_windows": count_split_windows(config.data, config.model, "train"),
+        "data_plan": data_plan,  # holds the resident splits' object refs: alive while we are
         "mean": dataset.stats.offset[picked].tolist(),
         "std": dataset.stats.scale[picked].tolist(),
         "normalization": dataset.stats.kind,  # OpenSTL's metric convention for this store
@@ -209,15 +213,10 @@ def build_trainer(config: ExperimentConfig, *, storage: str, name: str,
         "fit_id": uuid.uuid4().hex,  # tells a Ray restart within this fit from a --resume
         "store": store_fingerprint(dataset),
     }
-    # order-preserving execution: the same seed gives the same batches (exact resume)
-    ordered = ExecutionOptions(preserve_order=True)
     return TorchTrainer(
         train_worker,
         train_loop_config=loop_config,
         scaling_config=scaling_config(config),
-        datasets={"train": datasets["train"], "val": datasets["val"]},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
-                                            execution_options=ordered),
         run_config=ray.train.RunConfig(
             name=name, storage_path=_ray_storage(storage),
             checkpoint_config=ray.train.CheckpointConfig(

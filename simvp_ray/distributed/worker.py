@@ -1,6 +1,6 @@
 """The Ray Train worker: adapts Ray Train's context to the plain training loop's `Runtime`.
 
-Runs on every worker. Ray specifics stop here: dataset shards become batch iterables,
+Runs on every worker. Ray specifics stop here: the driver's data plan becomes batch iterables,
 `prepare_model` wraps DDP, `ray.train.report` carries metrics and checkpoint folders.
 """
 
@@ -21,7 +21,7 @@ from ray.train.v2._internal.execution import context as train_context
 from ray.train.v2._internal.execution import storage as train_storage
 
 from simvp_ray.config import ExperimentConfig, from_dict
-from simvp_ray.data.ray_data import iter_rank_batches
+from simvp_ray.data.ray_data import WindowFeed
 from simvp_ray.plan import per_worker_batch_size
 from simvp_ray.reporting import data_fault, one_line
 from simvp_ray.train.checkpoint import load_checkpoint, load_run_record, save_run_record
@@ -76,34 +76,29 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     batch = per_worker_batch_size(config.data.batch_size, world)
-    # streaming_split(equal=True) gives each worker num_train // world windows
-    steps_per_epoch = (loop_config["num_train_windows"] // world) // batch
+    # the driver chose the data mode (and loaded the resident splits): every worker follows it
+    feeds = {split: WindowFeed(loop_config["data_plan"], split, config.data, config.model,
+                               rank, world, config.train.seed) for split in ("train", "val")}
+    # each worker takes num_train // world windows an epoch
+    steps_per_epoch = (feeds["train"].num_windows // world) // batch
     if config.train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.train.max_steps_per_epoch)
     device = ray.train.torch.get_device()
     print(f"worker rank {rank}/{world} on node {ray.get_runtime_context().get_node_id()}, "
-          f"device {device}, {torch.get_num_threads()} threads, per-worker batch {batch}",
-          flush=True)
+          f"device {device}, {torch.get_num_threads()} threads, per-worker batch {batch}, "
+          f"{loop_config['data_plan']['mode']} data", flush=True)
     resume = _resume_payload()
     attempts = new_attempt(resume, loop_config["fit_id"], world)
     if resume is not None and rank == 0:
         print(f"resumed from epoch {attempts[-1]['start_epoch']} (checkpoint {resume['path']}):"
               f" attempt {len(attempts)}, {attempts[-1]['reason']}, world size {world}",
               flush=True)
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
 
     def train_batches(epoch: int):
-        return train_shard.iter_torch_batches(
-            batch_size=batch, drop_last=True, dtypes=torch.float32, device=device,
-            local_shuffle_buffer_size=(config.data.shuffle_buffer or None
-                                       if config.data.shuffle else None),
-            local_shuffle_seed=config.train.seed + epoch, prefetch_batches=2)
+        return feeds["train"].train_batches(epoch, batch, config.data.shuffle)
 
     def val_batches():
-        stream = val_shard.iter_batches(batch_size=config.data.val_batch_size,
-                                        batch_format="numpy", prefetch_batches=2)
-        return iter_rank_batches(stream, rank, world)
+        return feeds["val"].eval_batches(config.data.val_batch_size)
 
     def report(metrics: dict[str, float], folder: Path | None) -> None:
         if folder is not None:  # the run record travels with every checkpoint

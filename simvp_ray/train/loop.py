@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import torch
 from simvp_ray.config import ExperimentConfig
 from simvp_ray.models import build_model, to_openstl_state_dict
 from simvp_ray.models.openstl import load_checked
+from simvp_ray.models.profile import count_flops
 from simvp_ray.train.checkpoint import save_checkpoint, set_rng_state
 from simvp_ray.train.methods import build_method
 from simvp_ray.train.metrics import MetricAccumulator, latitude_weights, persistence_forecast
@@ -30,6 +31,7 @@ from simvp_ray.train.performance import (
     autocast,
     bf16_supported,
     compile_if_asked,
+    peak_tflops,
     place_model,
 )
 
@@ -40,6 +42,9 @@ HEADLINE = ("mse", "mae", "rmse", "ssim", "psnr", "mse_phys", "mae_phys", "rmse_
             # OpenSTL's published-table columns (the paper table of jobs/analyze.py)
             "mse_openstl", "mae_openstl", "rmse_openstl", "ssim_openstl", "psnr_openstl",
             "openstl_spatial_norm")
+# Steps between non-finite loss checks: each check is a host sync and an all-reduce, so it is
+# amortised; every worker checks at the same steps and again before any checkpoint is written.
+FINITE_CHECK_EVERY = 32
 
 
 def _no_op_reduce(tensor: torch.Tensor) -> None:
@@ -81,6 +86,31 @@ def speed_options(config: ExperimentConfig) -> SpeedOptions:
 def _as_tensor(value: Any, device: torch.device) -> torch.Tensor:
     tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
     return tensor.to(device=device, dtype=torch.float32, non_blocking=True)
+
+
+def _timed(batches: Iterable[Batch], waited: list[float]) -> Iterator[Batch]:
+    """The batches, adding the seconds spent waiting for each to waited[0]."""
+    iterator = iter(batches)
+    while True:
+        start = time.perf_counter()
+        batch = next(iterator, None)
+        waited[0] += time.perf_counter() - start
+        if batch is None:
+            return
+        yield batch
+
+
+def _check_finite(bad: torch.Tensor, runtime: Runtime, epoch: int, global_step: int) -> None:
+    """One host sync: bad = (non-finite losses, first bad step, its loss) of this worker since
+    the last check; all workers raise together when any saw one."""
+    flags = bad[:1].clone()
+    runtime.all_reduce(flags)
+    if flags.item() > 0:
+        where = (f"loss is {bad[2].item()} on this worker at epoch {epoch} step "
+                 f"{int(bad[1].item())}" if bad[0].item() > 0 else
+                 f"loss is non-finite on another worker at epoch {epoch}")
+        raise NonFiniteLossError(f"{where} (global step {global_step}); training stopped, "
+                                 "earlier checkpoints are kept")
 
 
 def evaluate(model: torch.nn.Module, batches: Iterable[Batch], runtime: Runtime,
@@ -140,27 +170,36 @@ def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]
         global_step = runtime.resume["global_step"]
         history = list(runtime.resume["history"])
     model = compile_if_asked(runtime.wrap_model(method.wrap(plain)), options)
+    # evaluation needs no gradient sync, and DDP's forward would sync buffers with the other
+    # ranks, which score different numbers of batches: each scores its share locally
+    eval_model = plain if runtime.world_size > 1 else model
+    flops_per_sample = 3 * count_flops(config.model)  # forward + backward (2 x forward)
+    peak = peak_tflops(runtime.device, options.precision)
     metrics: dict[str, float] = {}
     run_start = time.perf_counter()
     for epoch in range(start_epoch, config.train.epochs):
         epoch_start = time.perf_counter()
         model.train()
         loss_sum = torch.zeros(2, dtype=torch.float64, device=runtime.device)  # (sum, count)
-        batches = runtime.train_batches(epoch)
+        waited = [0.0]  # seconds this epoch waited for its next batch
+        batches = _timed(runtime.train_batches(epoch), waited)
+        # (non-finite losses, first bad step, its loss) since the last check, kept on device
+        bad = torch.tensor([0.0, -1.0, 0.0], dtype=torch.float64, device=runtime.device)
         last_lr = optimizer.param_groups[0]["lr"]
         next_line = epoch_start + config.train.log_every_s  # in-epoch progress (rank 0)
         for step, batch in zip(range(runtime.steps_per_epoch), batches):
             x, y = _as_tensor(batch["x"], runtime.device), _as_tensor(batch["y"], runtime.device)
             with autocast(options, runtime.device):
                 loss = method.training_loss(model, x, y, global_step, epoch)
-            # every worker must stop at the same step (a lone raise would hang DDP's all-reduce)
-            non_finite = (~torch.isfinite(loss.detach())).double().reshape(1)
-            runtime.all_reduce(non_finite)
-            if non_finite.item() > 0:
-                raise NonFiniteLossError(
-                    f"loss is {loss.item()} on this worker at epoch {epoch} step {step} "
-                    f"(global step {global_step}); training stopped, earlier checkpoints are "
-                    "kept")
+            # no host sync here: the check reads `bad` every FINITE_CHECK_EVERY steps, at the
+            # same step on every worker (a lone raise would hang DDP's all-reduce)
+            non_finite = ~torch.isfinite(loss.detach())
+            first = non_finite & (bad[0] == 0)
+            bad[1].masked_fill_(first, step)
+            bad[2] = torch.where(first, loss.detach().double(), bad[2])
+            bad[0] += non_finite.double()
+            if (step + 1) % FINITE_CHECK_EVERY == 0:
+                _check_finite(bad, runtime, epoch, global_step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.optim.grad_clip > 0:
@@ -171,18 +210,18 @@ def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]
             optimizer.step()
             scheduler.step()
             global_step += 1
-            loss_sum += torch.stack([loss.detach().double() * x.shape[0],
-                                     torch.tensor(x.shape[0], dtype=torch.float64,
-                                                  device=runtime.device)])
+            loss_sum[0] += loss.detach().double() * x.shape[0]
+            loss_sum[1] += x.shape[0]  # a Python number: no host-to-device copy
             now = time.perf_counter()
             if config.train.log_every_s and runtime.rank == 0 and now >= next_line:
                 next_line = now + config.train.log_every_s  # the loss is read only now
                 runtime.log(step_line(epoch, config.train.epochs, step + 1,
                                       runtime.steps_per_epoch, x.shape[0] * runtime.world_size,
                                       loss.item(), now - epoch_start))
+        _check_finite(bad, runtime, epoch, global_step)  # before evaluation and checkpoints
         train_time = time.perf_counter() - epoch_start
         runtime.all_reduce(loss_sum)
-        metrics = evaluate(model, runtime.val_batches(), runtime, options,
+        metrics = evaluate(eval_model, runtime.val_batches(), runtime, options,
                            config.model.out_frames, config.model.channels)
         epoch_time = time.perf_counter() - epoch_start
         samples = loss_sum[1].item()
@@ -192,9 +231,14 @@ def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]
             "train/samples": samples,
             "train/samples_per_s": samples / train_time,
             "train/epoch_time_s": train_time,
+            # waiting for the next batch / training time: near 0 when the model is the limit
+            "train/data_wait_frac": waited[0] / train_time,
+            "train/tflops": flops_per_sample * samples / train_time / 1e12,  # all workers
             "epoch_time_s": epoch_time,
             "lr": last_lr,
         })
+        if peak is not None:  # MFU: each worker's share of the achieved rate / its peak
+            metrics["train/mfu"] = metrics["train/tflops"] / runtime.world_size / peak
         if not math.isfinite(metrics["val/mse"]):
             raise NonFiniteLossError(f"validation MSE is {metrics['val/mse']} after epoch "
                                      f"{epoch}; stopped, earlier checkpoints are kept")
@@ -230,4 +274,8 @@ def progress_line(metrics: dict[str, float], epoch: int, epochs: int, start_epoc
     return (f"epoch {epoch + 1}/{epochs}  loss {metrics['train/loss']:.5f}  "
             f"val mse {metrics['val/mse']:.5f} (persistence {metrics['val_persistence/mse']:.5f})"
             f"  mae {metrics['val/mae']:.4f}  ssim {metrics['val/ssim']:.4f}  "
-            f"{metrics['train/samples_per_s']:.1f} samples/s  eta {eta:.0f}s")
+            f"{metrics['train/samples_per_s']:.1f} samples/s  "
+            f"data wait {metrics.get('train/data_wait_frac', 0.0):.0%}  "
+            f"{metrics.get('train/tflops', 0.0):.3g} TFLOP/s"
+            + (f" (MFU {metrics['train/mfu']:.1%})" if "train/mfu" in metrics else "")
+            + f"  eta {eta:.0f}s")

@@ -70,3 +70,17 @@ def autocast(options: SpeedOptions, device: torch.device):
     if options.precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+# Dense peak TFLOP/s per device (bf16 tensor cores / fp32 without TF32), by device name: the
+# denominator of MFU. Devices not listed get no MFU (their TFLOP/s is still reported).
+PEAK_TFLOPS = {"H100": {"bf16": 989.0, "fp32": 67.0}, "H200": {"bf16": 989.0, "fp32": 67.0},
+               "A100": {"bf16": 312.0, "fp32": 19.5}}
+
+
+def peak_tflops(device: torch.device, precision: str) -> float | None:
+    """The device's dense peak for `precision`, or None (CPU, or a GPU not in the table)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peaks[precision] for key, peaks in PEAK_TFLOPS.items() if key in name), None)

@@ -1,13 +1,15 @@
 """Ray Data windows (simvp_ray.data.ray_data) against the plain numpy iterator, on a local Ray.
 
 One Ray instance serves the module (started after the moto server, so S3 reaches the workers);
-a 2-worker TorchTrainer checks Train's shards and the rank-strided validation stream.
+a 2-worker TorchTrainer checks each worker's share of the training and validation windows in
+resident and streaming mode; the order and mode rules are checked without Ray.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -17,12 +19,22 @@ from simvp_ray.config import DataConfig, ModelConfig
 from simvp_ray.data import (
     denormalize,
     iter_numpy_batches,
+    normalize,
     open_dataset,
     read_windows,
     window_starts,
     write_synthetic,
 )
-from simvp_ray.data.ray_data import build_ray_datasets, count_split_windows, iter_rank_batches
+from simvp_ray.data.batches import shard_positions
+from simvp_ray.data.ray_data import (
+    WindowFeed,
+    build_ray_datasets,
+    choose_data_mode,
+    count_split_windows,
+    load_resident,
+    plan_data,
+    stream_share,
+)
 
 MODEL = ModelConfig(in_frames=4, out_frames=4, channels=2, height=16, width=16)
 
@@ -58,8 +70,7 @@ def store(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def data(store) -> DataConfig:
     # 64 windows per read: a handful of blocks per split, so block order matters but stays cheap
-    return DataConfig(url=store, windows_per_read=32, batch_size=8, val_batch_size=8,
-                      shuffle_buffer=32)
+    return DataConfig(url=store, windows_per_read=32, batch_size=8, val_batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +112,8 @@ def test_rows_are_normalised_windows_and_denormalise_to_physical_units(local_ray
     expected_y = (raw[starts[:, None] + 4 + np.arange(4)] - mean) / std
     np.testing.assert_allclose(got["x"], expected_x, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(got["y"], expected_y, rtol=1e-6, atol=1e-6)
+    t0 = np.concatenate([b["t0"] for b in datasets["val"].iter_batches(batch_format="numpy")])
+    np.testing.assert_array_equal(t0, starts + 4)  # the first target frame's step
     # denormalisation gives the stored physical values back
     physical = read_windows(dataset, starts, 4, 4, normalized=False)
     np.testing.assert_allclose(denormalize(got["y"], dataset.stats), physical["y"],
@@ -129,7 +142,7 @@ def test_each_split_holds_the_same_windows_as_the_numpy_iterator(local_ray, data
 def test_shuffled_training_order_is_reproducible_from_seed_and_epoch(local_ray, data):
     def order(seed: int, epoch: int) -> list[str]:
         ds = build_ray_datasets(data, MODEL, seed=seed)["train"]
-        return window_keys(ray_windows(ds, local_shuffle_buffer_size=data.shuffle_buffer,
+        return window_keys(ray_windows(ds, local_shuffle_buffer_size=32,
                                        local_shuffle_seed=seed + epoch))
 
     first = order(7, 0)
@@ -176,71 +189,161 @@ def test_an_s3_store_yields_the_same_windows_as_its_local_copy(local_ray, s3_buc
         expected = ray_windows(build_ray_datasets(local, MODEL)[split])
         np.testing.assert_array_equal(got["x"], expected["x"])
         np.testing.assert_array_equal(got["y"], expected["y"])
+    # resident: read tasks load each split from S3 once, normalised, into the object store
+    resident = load_resident(DataConfig(**{**remote.__dict__, "mode": "resident"}), MODEL)
+    dataset = open_dataset(data.url)
+    for split in ("train", "val"):
+        a, b = dataset.split_range(split)
+        frames = local_ray.get(resident[split].frames)
+        assert resident[split].first == a and frames.shape == (b - a, 2, 16, 16)
+        np.testing.assert_array_equal(frames, normalize(dataset.frames[a:b], dataset.stats))
 
 
-def record_shards(config: dict) -> None:
-    """Train loop of the 2-worker run: writes the window keys each rank saw to a file."""
+def record_feeds(config: dict) -> None:
+    """Train loop of the 2-worker run: the t0 of every window each rank gets from its
+    WindowFeed, per mode, epoch and split, into a file."""
     import ray.train
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    train = ray.train.get_dataset_shard("train")
-    val = ray.train.get_dataset_shard("val")
+    data, model, seed = config["data"], config["model"], config["seed"]
+    seen = {}
+    for mode, plan in config["plans"].items():
+        train = WindowFeed(plan, "train", data, model, rank, world, seed)
+        val = WindowFeed(plan, "val", data, model, rank, world, seed)
 
-    def train_keys(epoch: int) -> list[str]:
-        keys = []
-        for batch in train.iter_batches(batch_size=8, batch_format="numpy",
-                                        local_shuffle_buffer_size=32,
-                                        local_shuffle_seed=config["seed"] + epoch):
-            keys += window_keys(batch)
-        return keys
+        def t0s(batches) -> list[int]:
+            return [int(t) for batch in batches for t in batch["t0"]]
 
-    seen = {"epoch0": train_keys(0), "epoch0_again": train_keys(0), "epoch1": train_keys(1),
-            "val": [key for batch in iter_rank_batches(
-                val.iter_batches(batch_size=8, batch_format="numpy"), rank, world)
-                for key in window_keys(batch)]}
+        seen[mode] = {
+            "epoch0": t0s(train.train_batches(0, 8, shuffle=True)),
+            "epoch0_again": t0s(train.train_batches(0, 8, shuffle=True)),
+            "epoch1": t0s(train.train_batches(1, 8, shuffle=True)),
+            "val": t0s(val.eval_batches(8)),
+            "resident_read_only": None if train.resident is None else
+            not train.windows.spans[0][1].flags.writeable,
+        }
     with open(f"{config['out']}/rank{rank}.json", "w") as file:
         json.dump(seen, file)
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_two_workers_get_disjoint_train_shards_and_every_val_window_once(
-        local_ray, data, tmp_path):
+def test_two_workers_take_disjoint_equal_shares_and_score_every_val_window_once(
+        local_ray, data, store, tmp_path):
+    """Resident and streaming, in one 2-worker TorchTrainer: each training window at most once
+    per epoch across the workers, equal shares, a new order each epoch and the same order for
+    the same (seed, epoch); every validation window scored exactly once."""
     import ray.train
-    from ray.data import ExecutionOptions
     from ray.train.torch import TorchTrainer
 
     seed = 5
-    datasets = build_ray_datasets(data, MODEL, seed=seed)
+    plans = {mode: plan_data(DataConfig(**{**data.__dict__, "mode": mode}), MODEL)
+             for mode in ("resident", "streaming")}
+    assert [plan["mode"] for plan in plans.values()] == ["resident", "streaming"]
     TorchTrainer(
-        record_shards, train_loop_config={"seed": seed, "out": str(tmp_path)},
+        record_feeds, train_loop_config={"seed": seed, "out": str(tmp_path), "plans": plans,
+                                         "data": data, "model": MODEL},
         scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
-        datasets={"train": datasets["train"], "val": datasets["val"]},
-        # as simvp_ray/distributed/trainer.py configures it
-        dataset_config=ray.train.DataConfig(
-            datasets_to_split=["train"], execution_options=ExecutionOptions(preserve_order=True)),
-        run_config=ray.train.RunConfig(name="shards", storage_path=str(tmp_path / "runs")),
+        run_config=ray.train.RunConfig(name="feeds", storage_path=str(tmp_path / "runs")),
     ).fit()
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
 
-    all_train = Counter(window_keys(collect(iter_numpy_batches(data.url, "train", 4, 4, 64))))
-    num_train = count_split_windows(data, MODEL, "train")
-    assert sum(all_train.values()) == num_train
-    for epoch in ("epoch0", "epoch1"):
-        shards = [Counter(rank[epoch]) for rank in ranks]
-        assert [sum(s.values()) for s in shards] == [num_train // 2] * 2
-        assert not set(shards[0]) & set(shards[1])  # disjoint
-        assert max((shards[0] + shards[1]).values()) == 1  # no window twice in an epoch
-        assert not (shards[0] + shards[1]) - all_train  # only real training windows
-    # the same seed and epoch give the same order; the next epoch another one
-    for rank in ranks:
-        assert rank["epoch0_again"] == rank["epoch0"]
-        assert rank["epoch1"] != rank["epoch0"]
+    dataset = open_dataset(store)
+    train_t0 = set((window_starts(dataset, "train", 4, 4) + 4).tolist())
+    val_t0 = sorted((window_starts(dataset, "val", 4, 4) + 4).tolist())
+    share = (len(train_t0) // 2) // 8 * 8  # each rank: its n // 2 windows, in full batches
+    for mode in plans:
+        seen = [rank[mode] for rank in ranks]
+        for epoch in ("epoch0", "epoch1"):
+            shares = [rank[epoch] for rank in seen]
+            assert [len(s) for s in shares] == [share, share], mode
+            both = shares[0] + shares[1]
+            assert len(set(both)) == len(both), mode  # no window twice in an epoch
+            assert set(both) <= train_t0, mode
+        for rank in seen:
+            assert rank["epoch0_again"] == rank["epoch0"], mode  # (seed, epoch) fixes the order
+            assert rank["epoch1"] != rank["epoch0"], mode
+        assert sorted(seen[0]["val"] + seen[1]["val"]) == val_t0, mode  # each scored once
+    assert [rank["resident"]["resident_read_only"] for rank in ranks] == [True, True]
+    # resident: both ranks' shares of one global permutation cover all but n % 2 windows
+    resident = ranks[0]["resident"]["epoch0"] + ranks[1]["resident"]["epoch0"]
+    assert len(resident) >= len(train_t0) - 2 * 8
 
-    all_val = Counter(window_keys(collect(iter_numpy_batches(data.url, "val", 4, 4, 64))))
-    assert Counter(ranks[0]["val"]) + Counter(ranks[1]["val"]) == all_val
-    assert ranks[0]["val"] and ranks[1]["val"]  # both ranks evaluated a share
+
+def test_shard_positions_follow_distributed_sampler_semantics():
+    n, seed = 103, 9
+    for world in (1, 2, 3):
+        shares = [shard_positions(n, rank, world, seed=seed, epoch=0) for rank in range(world)]
+        assert [len(share) for share in shares] == [n // world] * world
+        union = np.concatenate(shares)
+        assert len(np.unique(union)) == len(union)  # disjoint
+        # the ranks' shares interleave one global permutation drawn from (seed, epoch)
+        permutation = np.random.default_rng([seed, 0]).permutation(n)
+        np.testing.assert_array_equal(np.stack(shares, 1).ravel(),
+                                      permutation[: n - n % world])
+    again = shard_positions(n, 1, 2, seed=seed, epoch=4)
+    np.testing.assert_array_equal(again, shard_positions(n, 1, 2, seed=seed, epoch=4))
+    assert not np.array_equal(again, shard_positions(n, 1, 2, seed=seed, epoch=5))
+    np.testing.assert_array_equal(shard_positions(n, 0, 1, seed=seed, epoch=0, shuffle=False),
+                                  np.arange(n))
+
+
+def test_stream_shares_are_equal_disjoint_and_drawn_anew_each_epoch():
+    runs = [np.arange(a, a + size) for a, size in ((0, 40), (50, 40), (100, 35), (140, 40))]
+    everything = np.concatenate(runs)
+
+    def shares(epoch: int) -> list[np.ndarray]:
+        return [np.concatenate(stream_share(runs, rank, 2, seed=1, epoch=epoch, shuffle=True))
+                for rank in range(2)]
+
+    for epoch in range(3):
+        a, b = shares(epoch)
+        assert len(a) == len(b) == len(everything) // 2
+        assert not set(a.tolist()) & set(b.tolist()) and set(a.tolist()) | set(b.tolist()) <= set(
+            everything.tolist())
+    orders = {tuple(shares(epoch)[0][:3]) for epoch in range(6)}
+    assert len(orders) > 1  # the run order changes with the epoch
+
+
+@pytest.mark.parametrize("mode, budget, store_bytes, expected", [
+    ("auto", 0, 10_000, ("resident", "within the default budget 4e-06 GB")),
+    ("auto", 500, 10_000, ("streaming", "data.mode=auto: the train and val splits take")),
+    ("auto", 2_000, 1_500, ("streaming", "object store holds")),
+    ("streaming", 0, 10_000, ("streaming", "data.mode=streaming")),
+])
+def test_auto_mode_picks_resident_when_it_fits_and_says_why(mode, budget, store_bytes,
+                                                             expected):
+    data = DataConfig(mode=mode, resident_max_bytes=budget)
+    chosen, why = choose_data_mode(data, 1_000, store_bytes)
+    assert chosen == expected[0] and expected[1] in why
+
+
+@pytest.mark.parametrize("budget, store_bytes, message", [
+    (500, 10_000, "data.mode=resident: the train and val splits take 1e-06 GB as normalised "
+                  "float32 frames, over data.resident_max_bytes=5e-07 GB"),
+    (0, 2_000, "over the default budget 8e-07 GB (0.4 x the smallest node's object store"),
+    (10_000, 1_500, "the smallest node's object store holds 1.5e-06 GB"),
+])
+def test_forced_resident_that_does_not_fit_is_a_clear_error(budget, store_bytes, message):
+    data = DataConfig(mode="resident", resident_max_bytes=budget)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        choose_data_mode(data, 1_000, store_bytes)
+    with pytest.raises(ValueError, match="data.mode='fast': valid modes are auto, resident"):
+        choose_data_mode(DataConfig(mode="fast"), 1_000, store_bytes)
+
+
+def test_batches_carry_the_time_step_of_their_first_target_frame(store):
+    dataset = open_dataset(store)
+    starts = window_starts(dataset, "val", 4, 4, frame_step=2)
+    got = read_windows(dataset, starts[::-1], 4, 4, frame_step=2)
+    np.testing.assert_array_equal(got["t0"], starts[::-1] + 8)
+    assert got["t0"].dtype == np.int64
+    raw = read_windows(dataset, got["t0"], 1, 0)["x"][:, 0]  # the frame at each t0
+    np.testing.assert_array_equal(got["y"][:, 0], raw)
+    for batch in iter_numpy_batches(store, "train", 4, 4, 16, shuffle=True, seed=2):
+        first_targets = read_windows(dataset, batch["t0"], 1, 0)["x"][:, 0]
+        np.testing.assert_array_equal(batch["y"][:, 0], first_targets)
 
 
 @pytest.mark.parametrize("model_fields, data_fields, message", [

@@ -10,8 +10,8 @@ import pytest
 from helpers import load_job
 
 from simvp_ray.config import override
-from simvp_ray.data import iter_numpy_batches, open_dataset
-from simvp_ray.data.ray_data import count_split_windows
+from simvp_ray.data import iter_numpy_batches, open_dataset, read_windows, window_starts
+from simvp_ray.data.batches import shard_positions
 from simvp_ray.presets import get_preset
 from simvp_ray.train.checkpoint import load_checkpoint
 from simvp_ray.train.loop import Runtime, run_training
@@ -60,35 +60,46 @@ def test_non_finite_loss_stops_without_retries(local_ray, small_store, tmp_path,
     assert "training stopped: loss is" in err and "at epoch 0 step" in err
 
 
-def test_ray_path_equals_plain_pytorch_loop(local_ray, small_store, tmp_path):
-    """Same data, seed and order (shuffle off): the same final metrics to float precision."""
-    job_args = ["--set", f"data.url={small_store}", *SMALL, "data.shuffle=false",
-                "--storage", str(tmp_path), "--name", "ordered"]
+@pytest.mark.parametrize("mode, shuffle", [("resident", True), ("streaming", False)])
+def test_ray_path_equals_plain_pytorch_loop(local_ray, small_store, tmp_path, mode, shuffle):
+    """Same data, seed and order: the same final metrics to float precision. Resident and
+    shuffled, the plain loop gets the windows in the resident order, one global permutation
+    per epoch drawn from (seed, epoch); streaming, in time order."""
+    settings = [f"data.url={small_store}", *SMALL, f"data.shuffle={str(shuffle).lower()}",
+                f"data.mode={mode}"]
+    job_args = ["--set", *settings, "--storage", str(tmp_path), "--name", "ordered"]
     assert load_job("train").main(job_args) == 0
     ray_result = json.loads((tmp_path / "ordered" / "result.json").read_text())
 
-    config = override(get_preset("demo"), [f"data.url={small_store}", *SMALL,
-                                           "data.shuffle=false"])
+    config = override(get_preset("demo"), settings)
     model, data = config.model, config.data
-    stats = open_dataset(small_store).stats
-    num_train = count_split_windows(data, model, "train")
+    dataset = open_dataset(small_store)
+    starts = window_starts(dataset, "train", model.in_frames, model.out_frames)
     reports = []
+
+    def train_batches(epoch: int):
+        order = starts[shard_positions(len(starts), 0, 1, seed=config.train.seed, epoch=epoch,
+                                       shuffle=shuffle)]
+        for at in range(0, len(order) - data.batch_size + 1, data.batch_size):
+            yield read_windows(dataset, order[at : at + data.batch_size], model.in_frames,
+                               model.out_frames)
+
     runtime = Runtime(
-        train_batches=lambda epoch: iter_numpy_batches(
-            small_store, "train", model.in_frames, model.out_frames, data.batch_size,
-            drop_last=True),
+        train_batches=train_batches,
         val_batches=lambda: iter_numpy_batches(small_store, "val", model.in_frames,
                                                model.out_frames, data.val_batch_size),
-        steps_per_epoch=num_train // data.batch_size, checkpoint_dir=tmp_path / "plain",
-        report=lambda metrics, folder: reports.append(metrics), mean=stats.offset,
-        std=stats.scale, log=lambda line: None)
+        steps_per_epoch=len(starts) // data.batch_size, checkpoint_dir=tmp_path / "plain",
+        report=lambda metrics, folder: reports.append(metrics), mean=dataset.stats.offset,
+        std=dataset.stats.scale, log=lambda line: None)
     run_training(config, runtime)
     for key in ("mse", "mae", "ssim"):
         assert ray_result["final"]["model"][key] == pytest.approx(reports[-1][f"val/{key}"],
                                                                   rel=1e-5)
-    assert ray_result["history"][0]["train/loss"] == pytest.approx(reports[0]["train/loss"],
-                                                                   rel=1e-5)
+    for epoch in (0, 1):
+        assert ray_result["history"][epoch]["train/loss"] == pytest.approx(
+            reports[epoch]["train/loss"], rel=1e-5)
     assert np.isfinite(ray_result["final"]["model"]["mse"])
+    assert 0 <= ray_result["history"][-1]["train/data_wait_frac"] < 1
 
 
 @pytest.mark.parametrize("args, message", [
@@ -100,6 +111,10 @@ def test_ray_path_equals_plain_pytorch_loop(local_ray, small_store, tmp_path):
     (["--num-workers", "16"], "cannot place the training workers: 16 workers x 2 CPU need 32"),
     (["--name", "missing", "--resume"], "cannot resume: no run 'missing'"),
     (["--storage", "/proc/simvp_runs"], "cannot write to storage '/proc/simvp_runs'"),
+    (["--set", "data.mode=resident", "data.resident_max_bytes=1000"],
+     "data.mode=resident: the train and val splits take 0.00418 GB as normalised float32 "
+     "frames, over data.resident_max_bytes=1e-06 GB"),
+    (["--set", "data.mode=fast"], "data.mode='fast': valid modes are auto, resident, streaming"),
 ])
 def test_bad_input_is_a_clear_error(local_ray, small_store, tmp_path, capsys, args, message):
     full = ["--set", f"data.url={small_store}", "--storage", str(tmp_path), *args]
