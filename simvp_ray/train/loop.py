@@ -173,7 +173,8 @@ def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]
     # evaluation needs no gradient sync, and DDP's forward would sync buffers with the other
     # ranks, which score different numbers of batches: each scores its share locally
     eval_model = plain if runtime.world_size > 1 else model
-    flops_per_sample = 3 * count_flops(config.model)  # forward + backward (2 x forward)
+    # FLOPs (2 per multiply-add, as MFU counts them) of forward + backward (2 x forward)
+    flops_per_sample = 3 * count_flops(config.model)[0]
     peak = peak_tflops(runtime.device, options.precision)
     metrics: dict[str, float] = {}
     run_start = time.perf_counter()
