@@ -181,6 +181,12 @@ class RecurrentModel(nn.Module):
         """OpenSTL's method-level frames_tensor: inputs and targets along time, patched."""
         return reshape_patch(torch.cat([batch_x, batch_y], dim=1), self.spec.patch_size)
 
+    def checked_patch(self, batch_x: torch.Tensor, batch_y: torch.Tensor) -> torch.Tensor:
+        """`patch` of a training batch, after checking both shapes against the configs."""
+        self.check_frames(batch_x, self.spec.in_frames, "batch_x")
+        self.check_frames(batch_y, self.spec.out_frames, "batch_y")
+        return self.patch(batch_x, batch_y)
+
     def select_input(self, t: int, frames: torch.Tensor, mask: torch.Tensor | None,
                      x_gen: torch.Tensor | None) -> torch.Tensor:
         """Step t's input (channels first): a true frame, or the mask's mix of the true frame
@@ -247,14 +253,13 @@ class PatchedRecurrentModel(RecurrentModel):
     def training_loss(self, batch_x: torch.Tensor, batch_y: torch.Tensor,
                       mask_true: torch.Tensor) -> torch.Tensor:
         """The loss OpenSTL's training_step returns for this batch and sampling mask."""
-        self.check_frames(batch_x, self.spec.in_frames, "batch_x")
-        self.check_frames(batch_y, self.spec.out_frames, "batch_y")
+        frames = self.checked_patch(batch_x, batch_y)
         expected = (batch_x.shape[0], self.spec.mask_length, *self.spec.grid,
                     self.spec.frame_channels)
         if tuple(mask_true.shape) != expected:
             raise ValueError(f"{self.spec.method}: mask_true must have shape {expected}, got "
                              f"{tuple(mask_true.shape)}")
-        _, loss = self.openstl_forward(self.patch(batch_x, batch_y), mask_true.to(batch_x))
+        _, loss = self.openstl_forward(frames, mask_true.to(batch_x))
         return loss
 
     def forward(self, batch_x: torch.Tensor) -> torch.Tensor:
@@ -332,7 +337,5 @@ class SampledRNN(RecurrentModel):
     def training_loss(self, batch_x: torch.Tensor, batch_y: torch.Tensor,
                       mask_true: torch.Tensor) -> torch.Tensor:
         """OpenSTL's training-step loss over all total-1 predicted frames (spec/rnn.md 1.2)."""
-        self.check_frames(batch_x, self.spec.in_frames, "batch_x")
-        self.check_frames(batch_y, self.spec.out_frames, "batch_y")
-        _, loss = self.openstl_forward(self.patch(batch_x, batch_y), mask_true)
+        _, loss = self.openstl_forward(self.checked_patch(batch_x, batch_y), mask_true)
         return loss
