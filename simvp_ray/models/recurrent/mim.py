@@ -97,7 +97,8 @@ class MIM(SampledRNN):
     the last step of one call to the first step of the next (batch to batch, training to
     validation), detached. So the same input gives a different output on a second call, and
     the batch size may not change between calls (a ValueError says so). Set
-    `model.carry_state = False` to start every call from zeros instead, or call
+    `model.carry_state = False` (`build_model` does under model.recurrent.openstl_quirks=false)
+    to start every call from zeros instead, or call
     `model.reset_state()` (for example before evaluating). The state is not in the state_dict
     (nor in OpenSTL's), so a resumed run starts it from zeros. The MIMN calls OpenSTL makes on
     zeros at t = 0 and discards are skipped (its FLOP count does not include them either).
