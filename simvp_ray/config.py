@@ -40,7 +40,8 @@ class RecurrentConfig:
     cell_mode: str = "normal"  # MAU: normal | residual
     model_mode: str = "normal"  # MAU: normal | recall
     openstl_quirks: bool = True  # keep OpenSTL's training quirks (MAU's never-stored eta,
-    # PhyDNet's MSE(scalar, targets) step); False fixes them (datasets/README.md)
+    # PhyDNet's MSE(scalar, targets) step, MIM's state carried across batches); False fixes
+    # them (datasets/README.md)
 
 
 @dataclass(frozen=True)

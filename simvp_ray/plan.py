@@ -21,6 +21,7 @@ from simvp_ray.data.store import Dataset
 from simvp_ray.data.windows import window_offsets, window_starts
 from simvp_ray.models import build_model
 from simvp_ray.train.losses import build_loss
+from simvp_ray.train.methods import check_method
 from simvp_ray.train.optim import build_optimizer, build_scheduler
 from simvp_ray.train.performance import PRECISIONS
 
@@ -143,6 +144,8 @@ def check_plan(config: ExperimentConfig, dataset: Dataset | None = None) -> Plan
         if config.train.max_steps_per_epoch:
             steps = min(steps, config.train.max_steps_per_epoch)
         steps_per_epoch.append(steps)
+    # the method's batch constraints (MIM's carried state) need the windows and world sizes
+    check_method(config.model, config.data, world_sizes=sizes, val_windows=windows["val"])
     optimizer = build_optimizer(model, config.optim)
     for steps in steps_per_epoch:
         build_scheduler(optimizer, config.optim, config.train.epochs, steps)

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from simvp_ray.config import ExperimentConfig, ModelConfig, RecurrentConfig
+from simvp_ray.config import DataConfig, ExperimentConfig, ModelConfig, RecurrentConfig
 from simvp_ray.models import build_model
 from simvp_ray.models.recurrent.build import (
+    CARRIED_STATE_METHODS,
     NO_RSS_METHODS,
     TEACHER_FORCING_METHODS,
     training_mask_shape,
@@ -121,7 +122,7 @@ class RecurrentMethod:
     """OpenSTL's RNN methods: a sampling mask per step, the model's own training loss."""
 
     def __init__(self, config: ExperimentConfig, rank: int = 0):
-        check_method(config.model)
+        check_method(config.model, config.data)
         self.model_config = config.model
         self.rnn = config.model.recurrent
         self.method = config.model.method
@@ -164,18 +165,44 @@ class RecurrentMethod:
         self.eta = float(state["eta"])
 
 
-def check_method(model: ModelConfig) -> None:
-    """ValueError, before any training, for a method / config combination that cannot run."""
+def check_method(model: ModelConfig, data: DataConfig | None = None, *,
+                 world_sizes: tuple[int, ...] = (1,), val_windows: int | None = None) -> None:
+    """ValueError, before any training, for a method / config combination that cannot run.
+
+    With the data settings (and the world sizes and validation windows the plan check knows),
+    also MIM's constant batch: its carried cell state fits one batch size only."""
     if model.method != "simvp":
         rnn = model.recurrent
         if rnn.reverse_scheduled_sampling and model.method in NO_RSS_METHODS:
             raise ValueError(f"model.method={model.method} has no reverse scheduled sampling; "
                              "set model.recurrent.reverse_scheduled_sampling=false")
-        if model.method == "phydnet" and not rnn.openstl_quirks:
-            raise ValueError("model.recurrent.openstl_quirks=false is not available for phydnet "
-                             "(its training loss is OpenSTL's MSE(scalar, targets)); use true")
+        if model.method == "mau" and rnn.patch_size != 1:
+            raise ValueError(f"model.recurrent.patch_size={rnn.patch_size}: mau runs on "
+                             "unpatched frames; valid: 1")
+        if model.method in CARRIED_STATE_METHODS and rnn.openstl_quirks and data is not None:
+            check_constant_batch(model.method, data, world_sizes, val_windows)
     with torch.device("meta"):
         build_model(model)  # the model's own checks: widths, layers, patch size, frames
+
+
+def check_constant_batch(method: str, data: DataConfig, world_sizes: tuple[int, ...],
+                         val_windows: int | None) -> None:
+    """Every batch a worker sees (training: data.batch_size / world, drop_last; validation:
+    data.val_batch_size, the last one short unless it divides the split) has one size."""
+    fix = "or model.recurrent.openstl_quirks=false (no state carried across batches)"
+    why = (f"model.method={method} carries its cell state across batches "
+           "(model.recurrent.openstl_quirks=true), so every batch needs one size")
+    for world in world_sizes:
+        train_batch = data.batch_size // world
+        if train_batch != data.val_batch_size:
+            workers = f" on {world} workers" if world > 1 else ""
+            raise ValueError(f"{why}: data.val_batch_size={data.val_batch_size} != training "
+                             f"batch {train_batch}{workers}; set data.val_batch_size="
+                             f"{train_batch} {fix}")
+    if val_windows is not None and val_windows % data.val_batch_size:
+        raise ValueError(f"{why}: the {val_windows} validation windows leave a last batch of "
+                         f"{val_windows % data.val_batch_size} at data.val_batch_size="
+                         f"{data.val_batch_size}; choose a divisor of {val_windows} {fix}")
 
 
 METHODS: dict[str, Callable[..., Any]] = {"simvp": lambda config, rank: SimVPMethod(config)}

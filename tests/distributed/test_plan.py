@@ -40,6 +40,10 @@ TRAIN_CASES = [
     (["optim.schedule=linear"], "unknown schedule 'linear'; valid: onecycle, cosine, constant"),
     (["train.loss=l1"], "unknown loss 'l1'"),
     (["model.in_frames=500"], "split 'train' (steps [0, 420)) has no valid window"),
+    (["model.method=mau", "model.recurrent.patch_size=4"],
+     "model.recurrent.patch_size=4: mau runs on unpatched frames; valid: 1"),
+    (["model.method=mim", "model.recurrent.num_hidden=8,8"],  # demo: val batch 32, batch 16
+     "data.val_batch_size=32 != training batch 16"),
 ]
 TUNE_CASES = [  # extra --set entries, other arguments
     (["scaling.num_workers=6", "scaling.cpus_per_worker=0.1"], ["--translators", "gsta"],
@@ -93,6 +97,18 @@ def test_the_batch_must_divide_over_every_world_size_of_an_elastic_run(small_sto
     with pytest.raises(ValueError, match="16 / 3 is not a whole number"):
         per_worker_batch_size(16, 3)
     check_plan(override(config, {"data.batch_size": 24}))
+
+
+def test_mim_needs_full_validation_batches_of_the_training_size(small_store):
+    config = override(get_preset("demo"), {
+        "data.url": small_store, "model.method": "mim", "model.recurrent.num_hidden": "8,8",
+        "data.batch_size": 8, "data.val_batch_size": 8})
+    val = check_plan(override(config, {"model.recurrent.openstl_quirks": False})).windows["val"]
+    batch = next(size for size in range(7, 1, -1) if val % size)  # one that leaves a remainder
+    uneven = override(config, {"data.batch_size": batch, "data.val_batch_size": batch})
+    with pytest.raises(ValueError, match=f"the {val} validation windows leave a last batch"):
+        check_plan(uneven)
+    check_plan(override(uneven, {"model.recurrent.openstl_quirks": False}))
 
 
 def test_the_script_itself_fails_in_one_line(small_store, tmp_path):

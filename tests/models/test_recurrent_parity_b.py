@@ -13,6 +13,7 @@ from helpers import shared_file
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from simvp_ray.models.profile import FVCORE_FLOP_MAPPINGS
 from simvp_ray.models.recurrent.e3dlstm import E3DLSTM, recall
 from simvp_ray.models.recurrent.mau import MAU
 from simvp_ray.models.recurrent.mim import MIM
@@ -274,17 +275,9 @@ def phydnet_dummy_pass(model, record: dict) -> None:
     model.model_loss(frames, frames, teacher_forcing=False)
 
 
-def fvcore_einsum(a_shape, b_shape, *args, **kwargs) -> int:
-    """E3D's two einsums run as bmm. fvcore counts an einsum from numpy's einsum_path report,
-    which prints the FLOPs (2 per multiply-add) as '%.3e': its count is that rounded number / 2
-    (51,005,640,000 where the exact multiply-adds are 51,002,736,640). Returned x2 like torch."""
-    batch, n, k = a_shape
-    return 2 * int(float(f"{2 * batch * n * k * b_shape[2]:.3e}") // 2)
-
-
 MEASURED = {"mim": (MIM, sampled_dummy_pass, None), "mau": (MAU, sampled_dummy_pass, None),
             "phydnet": (PhyDNet, phydnet_dummy_pass, None),
-            "e3dlstm": (E3DLSTM, sampled_dummy_pass, {torch.ops.aten.bmm: fvcore_einsum})}
+            "e3dlstm": (E3DLSTM, sampled_dummy_pass, FVCORE_FLOP_MAPPINGS["e3dlstm"])}
 
 
 @pytest.mark.parametrize("key", sorted(MEASURED))
@@ -381,11 +374,11 @@ PHYDNET_CFG = {"in_shape": [4, 1, 16, 16], "pre_seq_length": 4, "aft_seq_length"
 
 @pytest.mark.parametrize(("cls", "base", "change", "message"), [
     (MIM, MIM_CFG, {"num_hidden": "8"}, "needs at least 2 layers"),
-    (MIM, MIM_CFG, {"num_hidden": "8,16"}, "must be equal widths"),
-    (MIM, MIM_CFG, {"patch_size": 3}, "patch_size=3 must divide"),
-    (MIM, MIM_CFG, {"total_length": 9}, "total_length=9 must equal"),
+    (MIM, MIM_CFG, {"num_hidden": "8,16"}, "needs equal layer widths"),
+    (MIM, MIM_CFG, {"patch_size": 3}, "not divisible by patch_size=3"),
+    (MIM, MIM_CFG, {"total_length": 9}, "total_length 9 != pre_seq_length"),
     (MIM, MIM_CFG, {"aft_seq_length": 0, "total_length": 4}, "must be >= 1"),
-    (MIM, MIM_CFG, {"stride": 2}, "stride=2 is not supported"),
+    (MIM, MIM_CFG, {"stride": 2}, "stride must be 1"),
     (MAU, MAU_CFG, {"patch_size": 4}, "patch_size=4 is not supported"),
     (MAU, MAU_CFG, {"sr_size": 3}, "sr_size=3 must be a power of 2"),
     (MAU, MAU_CFG, {"cell_mode": "gated"}, "cell_mode='gated'"),
@@ -401,17 +394,18 @@ def test_bad_configs_are_one_line_errors(cls, base, change, message):
 
 def test_bad_mask_and_frames_are_errors():
     model = MIM(MIM_CFG)
-    assert (model.mask_slots, MIM({**MIM_CFG, "reverse_scheduled_sampling": 1}).mask_slots) == \
+    assert (model.spec.mask_length,
+            MIM({**MIM_CFG, "reverse_scheduled_sampling": 1}).spec.mask_length) == \
         (3, 6)
     x, y = torch.rand(2, 4, 1, 16, 16), torch.rand(2, 4, 1, 16, 16)
     with pytest.raises(ValueError, match=r"needs \(B=2, 3, ...\)"):
         model.training_loss(x, y, torch.ones(2, 4))
-    with pytest.raises(ValueError, match="do not match in_shape"):
+    with pytest.raises(ValueError, match=r"expected input of shape \(B, 4, 1, 16, 16\)"):
         model(torch.rand(2, 4, 2, 16, 16))
-    with pytest.raises(ValueError, match="pre_seq_length is 4"):
+    with pytest.raises(ValueError, match=r"expected input of shape \(B, 4, 1, 16, 16\)"):
         model(torch.rand(2, 3, 1, 16, 16))
     phydnet = PhyDNet(PHYDNET_CFG)
-    with pytest.raises(ValueError, match="mask_true must be None"):
+    with pytest.raises(ValueError, match="must be a 0-dim teacher-forcing flag"):
         phydnet.training_loss(x, y, torch.ones(2, 3))
     with pytest.raises(ValueError, match=r"batch_y of shape \(2, 3, 1, 16, 16\) must be"):
         phydnet.training_loss(x, y[:, :3])

@@ -11,6 +11,7 @@ import torch
 from helpers import shared_file
 
 from simvp_ray.config import ExperimentConfig, RecurrentConfig, override
+from simvp_ray.models import build_model
 from simvp_ray.models.recurrent import RECURRENT_MODELS
 from simvp_ray.presets import get_preset
 from simvp_ray.train.checkpoint import load_checkpoint
@@ -110,13 +111,35 @@ def test_mau_keeps_openstls_stuck_eta_unless_fixed():
     ({"model.method": "mau", "model.recurrent.reverse_scheduled_sampling": True},
      "no reverse scheduled sampling"),
     ({"model.out_frames": 0}, "must be >= 1"),
+    ({"model.method": "mau", "model.recurrent.patch_size": 4},
+     r"model.recurrent.patch_size=4: mau runs on unpatched frames; valid: 1"),
 ])
 def test_configs_a_method_cannot_run_fail_before_training(changes, message):
     with pytest.raises(ValueError, match=message):
         check_method(override(rnn_config(), changes).model)
 
 
-def wave_runtime(tmp_path, reports: list, resume=None) -> Runtime:
+@pytest.mark.parametrize("changes, extra, message", [
+    ({"data.val_batch_size": 8}, {}, r"data.val_batch_size=8 != training batch 4; set"),
+    ({"data.batch_size": 8}, {"world_sizes": (1, 2)}, r"!= training batch 8; set"),
+    ({}, {"val_windows": 10}, r"the 10 validation windows leave a last batch of 2"),
+])
+def test_mim_with_a_changing_batch_size_fails_before_training(changes, extra, message):
+    config = override(rnn_config("mim"), {"data.val_batch_size": 4, **changes})
+    with pytest.raises(ValueError, match=message) as error:
+        check_method(config.model, config.data, **extra)
+    assert "\n" not in str(error.value) and "openstl_quirks=false" in str(error.value)
+    # without the carried state any batch size runs
+    fixed = override(config, {"model.recurrent.openstl_quirks": False})
+    check_method(fixed.model, fixed.data, **extra)
+
+
+def test_mim_with_one_batch_size_passes_the_check():
+    config = override(rnn_config("mim"), {"data.batch_size": 8, "data.val_batch_size": 4})
+    check_method(config.model, config.data, world_sizes=(2,), val_windows=12)  # 8 / 2 = 4
+
+
+def wave_runtime(tmp_path, reports: list, resume=None, val_batch: int = 8) -> Runtime:
     rng = np.random.default_rng(0)
     phases = rng.uniform(0, 2 * np.pi, size=32)
     grid, t = np.arange(16, dtype=np.float32), np.arange(8, dtype=np.float32)
@@ -131,14 +154,17 @@ def wave_runtime(tmp_path, reports: list, resume=None) -> Runtime:
             yield {"x": frames[index, :4], "y": frames[index, 4:]}
 
     def val_batches():
-        yield {"x": frames[24:, :4], "y": frames[24:, 4:]}
+        for start in range(24, 32, val_batch):
+            window = frames[start:start + val_batch]
+            yield {"x": window[:, :4], "y": window[:, 4:]}
 
     return Runtime(train_batches=train_batches, val_batches=val_batches, steps_per_epoch=6,
                    checkpoint_dir=tmp_path, report=lambda m, c: reports.append((m, c)),
                    resume=resume, log=lambda line: None)
 
 
-@pytest.mark.parametrize("method, rss", [("predrnn", False), ("predrnnv2", True)])
+@pytest.mark.parametrize("method, rss", [("predrnn", False), ("predrnnv2", True),
+                                         ("e3dlstm", False)])
 def test_recurrent_run_resumes_exactly(tmp_path, method, rss):
     # eta falls 0.05 a step, so masks after a resume differ unless the sampler state is kept
     config = rnn_config(method, epochs=2, sampling_changing_rate=0.05,
@@ -168,3 +194,54 @@ def test_train_job_rejects_a_config_the_method_cannot_run_before_ray(tmp_path, c
     assert load_job("train").main(args) == 2
     assert "predrnnpp needs >= 2 layers" in capsys.readouterr().err
     assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("method, recurrent", [
+    ("mim", {}), ("e3dlstm", {}), ("mau", {"patch_size": 1, "sr_size": 2, "tau": 2}),
+    ("phydnet", {}), ("phydnet", {"openstl_quirks": False})])
+def test_each_added_method_trains_through_the_loop(tmp_path, method, recurrent):
+    config = override(rnn_config(method, epochs=1, **recurrent), {"data.val_batch_size": 4})
+    reports = []
+    metrics = run_training(config, wave_runtime(tmp_path, reports, val_batch=4))
+    assert np.isfinite(metrics["train/loss"]) and np.isfinite(metrics["val/mse"])
+    model = model_from_checkpoint(load_checkpoint(reports[-1][1]))
+    forecast = predict_numpy(model, np.zeros((4, 4, 1, 16, 16), np.float32), batch_size=4)
+    assert forecast.shape == (4, 4, 1, 16, 16) and np.isfinite(forecast).all()
+
+
+def test_mim_state_follows_openstl_quirks():
+    x, y = torch.rand(4, 4, 1, 16, 16), torch.rand(4, 4, 1, 16, 16)
+    for quirks in (True, False):
+        config = override(rnn_config("mim", openstl_quirks=quirks), {"data.val_batch_size": 4})
+        model = build_model(config.model)
+        method = build_method(config)
+        method.training_loss(method.wrap(model), x, y, 0, 0)
+        carried = [state is not None for state in model.stationary_state()]
+        assert model.carry_state is quirks and all(carried)
+        # a carried state fits one batch size only; a fresh start each call fits any
+        if quirks:
+            with pytest.raises(ValueError, match="every batch needs the same size"):
+                model(x[:3])
+        else:
+            assert model(x[:3]).shape == (3, 4, 1, 16, 16)
+
+
+@pytest.mark.parametrize("quirks", [True, False])
+def test_phydnet_teacher_forcing_is_drawn_per_epoch_and_reaches_the_model(quirks):
+    config = rnn_config("phydnet", openstl_quirks=quirks)
+    torch.manual_seed(0)
+    model = build_model(config.model)
+    assert model.loss_quirk is quirks
+    method = build_method(config)
+    assert method.mask(4, 0, 0).shape == ()
+    x, y = torch.rand(2, 4, 1, 16, 16), torch.rand(2, 4, 1, 16, 16)
+    forced = model.training_loss(x, y, teacher_forcing=True)
+    free = model.training_loss(x, y, teacher_forcing=False)
+    assert forced != free
+    wrapped = method.wrap(model)
+    # epoch 0: ratio 1, every batch forced; epoch 400: ratio 0, none
+    for step in range(5):
+        assert method.training_loss(wrapped, x, y, step, 0) == forced
+        assert method.training_loss(wrapped, x, y, step, 400) == free
+    draws = [float(method.mask(4, step, 200)) for step in range(400)]
+    assert np.mean(draws) == pytest.approx(teacher_forcing_ratio(200), abs=0.08)

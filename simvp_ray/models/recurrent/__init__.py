@@ -14,6 +14,10 @@ from __future__ import annotations
 from torch import nn
 
 from simvp_ray.models.recurrent.convlstm import ConvLSTM
+from simvp_ray.models.recurrent.e3dlstm import E3DLSTM
+from simvp_ray.models.recurrent.mau import MAU
+from simvp_ray.models.recurrent.mim import MIM
+from simvp_ray.models.recurrent.phydnet import PhyDNet
 from simvp_ray.models.recurrent.predrnn import PredRNN, PredRNNv2
 from simvp_ray.models.recurrent.predrnnpp import PredRNNpp
 
@@ -22,4 +26,8 @@ RECURRENT_MODELS: dict[str, type[nn.Module]] = {
     "predrnn": PredRNN,
     "predrnnv2": PredRNNv2,
     "predrnnpp": PredRNNpp,
+    "mim": MIM,
+    "e3dlstm": E3DLSTM,
+    "mau": MAU,
+    "phydnet": PhyDNet,
 }

@@ -50,7 +50,14 @@ def build_recurrent(model: ModelConfig) -> nn.Module:
     if model.method not in RECURRENT_MODELS:
         raise ValueError(f"unknown model.method {model.method!r}; valid: simvp, "
                          f"{', '.join(RECURRENT_MODELS)}")
-    return RECURRENT_MODELS[model.method](openstl_configs(model))
+    net = RECURRENT_MODELS[model.method](openstl_configs(model))
+    # the quirks that live in the model; openstl_quirks=false fixes them (train/methods.py
+    # fixes the sampler's): MIM's cell state carried across batches, PhyDNet's broadcast loss
+    if model.method in CARRIED_STATE_METHODS:
+        net.carry_state = model.recurrent.openstl_quirks
+    if model.method in TEACHER_FORCING_METHODS:
+        net.loss_quirk = model.recurrent.openstl_quirks
+    return net
 
 
 # How each method's training step feeds the future (spec/rnn.md section 2): scheduled sampling
@@ -58,6 +65,7 @@ def build_recurrent(model: ModelConfig) -> nn.Module:
 # one teacher-forcing decision per batch.
 TEACHER_FORCING_METHODS = ("phydnet",)
 NO_RSS_METHODS = ("mau", "phydnet")  # their models have no RSS branch
+CARRIED_STATE_METHODS = ("mim",)  # a cell state carried from batch to batch (OpenSTL's MIM)
 
 
 def training_mask_shape(model: ModelConfig, batch: int) -> tuple[int, ...]:

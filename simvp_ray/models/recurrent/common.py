@@ -76,6 +76,13 @@ def parse_num_hidden(value: Any) -> tuple[int, ...]:
     return widths
 
 
+def config_value(configs: Mapping[str, Any], key: str, method: str) -> Any:
+    """configs[key], or a ValueError naming the missing key (a method-specific entry)."""
+    if key not in configs:
+        raise ValueError(f"{method}: configs lacks {key!r} (OpenSTL's configs give it)")
+    return configs[key]
+
+
 def parse_configs(configs: Mapping[str, Any], method: str) -> RecurrentSpec:
     """A RecurrentSpec from OpenSTL's configs mapping; ValueError on what cannot run."""
     missing = [key for key in REQUIRED_KEYS if key not in configs]
@@ -152,19 +159,60 @@ def eval_mask(spec: RecurrentSpec, batch: int, like: torch.Tensor) -> torch.Tens
     return mask_from_flags(flags, spec)
 
 
-class PatchedRecurrentModel(nn.Module):
-    """OpenSTL's patched RNN pipeline around a stack of cells (subclasses build the cells).
-
-    Subclasses set `self.conv_last` and implement `init_state(batch, like)` and
-    `step(net, state, with_loss) -> top hidden state`; `step` may append extra loss terms to
-    `state["extra_losses"]` (PredRNNv2's decoupling).
-    """
+class RecurrentModel(nn.Module):
+    """What every OpenSTL RNN model here shares: its parsed configs (`spec`), the frame checks,
+    OpenSTL's patching and its per-step input selection under a sampling mask."""
 
     method = ""
 
     def __init__(self, configs: Mapping[str, Any]):
         super().__init__()
         self.spec = parse_configs(configs, self.method)
+
+    def check_frames(self, x: torch.Tensor, frames: int, what: str) -> None:
+        spec = self.spec
+        expected = (frames, spec.channels, spec.height, spec.width)
+        if x.dim() != 5 or tuple(x.shape[1:]) != expected:
+            shape = ", ".join(map(str, expected))
+            raise ValueError(f"{spec.method}: expected {what} of shape (B, {shape}), got "
+                             f"{tuple(x.shape)}")
+
+    def patch(self, batch_x: torch.Tensor, batch_y: torch.Tensor) -> torch.Tensor:
+        """OpenSTL's method-level frames_tensor: inputs and targets along time, patched."""
+        return reshape_patch(torch.cat([batch_x, batch_y], dim=1), self.spec.patch_size)
+
+    def checked_patch(self, batch_x: torch.Tensor, batch_y: torch.Tensor) -> torch.Tensor:
+        """`patch` of a training batch, after checking both shapes against the configs."""
+        self.check_frames(batch_x, self.spec.in_frames, "batch_x")
+        self.check_frames(batch_y, self.spec.out_frames, "batch_y")
+        return self.patch(batch_x, batch_y)
+
+    def select_input(self, t: int, frames: torch.Tensor, mask: torch.Tensor | None,
+                     x_gen: torch.Tensor | None) -> torch.Tensor:
+        """Step t's input (channels first): a true frame, or the mask's mix of the true frame
+        and the last prediction x_gen; mask None = the test mask (own predictions after the
+        inputs, without reading the unknown future)."""
+        pre = self.spec.in_frames
+        if mask is None:
+            return frames[:, t] if t < pre else x_gen
+        if self.spec.reverse_scheduled_sampling:
+            if t == 0:
+                return frames[:, 0]
+            m = mask[:, t - 1]
+        else:
+            if t < pre:
+                return frames[:, t]
+            m = mask[:, t - pre]
+        return m * frames[:, t] + (1 - m) * x_gen
+
+
+class PatchedRecurrentModel(RecurrentModel):
+    """OpenSTL's patched RNN pipeline around a stack of cells (subclasses build the cells).
+
+    Subclasses set `self.conv_last` and implement `init_state(batch, like)` and
+    `step(net, state, with_loss) -> top hidden state`; `step` may append extra loss terms to
+    `state["extra_losses"]` (PredRNNv2's decoupling).
+    """
 
     # -- OpenSTL's model call -------------------------------------------------------------
 
@@ -187,18 +235,9 @@ class PatchedRecurrentModel(nn.Module):
         mask = mask_true.permute(0, 1, 4, 2, 3)
         state = self.init_state(frames.shape[0], frames)
         next_frames = []
-        x_gen = frames[:, 0]
+        x_gen = None
         for t in range(spec.total_length - 1):
-            if spec.reverse_scheduled_sampling:
-                slot = t - 1
-                use_mask = t >= 1
-            else:
-                slot = t - spec.in_frames
-                use_mask = t >= spec.in_frames
-            if use_mask:
-                net = mask[:, slot] * frames[:, t] + (1 - mask[:, slot]) * x_gen
-            else:
-                net = frames[:, t]
+            net = self.select_input(t, frames, mask, x_gen)
             x_gen = self.conv_last(self.step(net, state, return_loss))
             next_frames.append(x_gen)
         out = torch.stack(next_frames, dim=1).permute(0, 1, 3, 4, 2)  # (B, total-1, H', W', c)
@@ -211,29 +250,16 @@ class PatchedRecurrentModel(nn.Module):
 
     # -- the shared interface ---------------------------------------------------------------
 
-    def check_frames(self, x: torch.Tensor, frames: int, what: str) -> None:
-        spec = self.spec
-        expected = (frames, spec.channels, spec.height, spec.width)
-        if x.dim() != 5 or tuple(x.shape[1:]) != expected:
-            shape = ", ".join(map(str, expected))
-            raise ValueError(f"{spec.method}: expected {what} of shape (B, {shape}), got "
-                             f"{tuple(x.shape)}")
-
-    def patch(self, batch_x: torch.Tensor, batch_y: torch.Tensor) -> torch.Tensor:
-        """OpenSTL's method-level frames_tensor: inputs and targets along time, patched."""
-        return reshape_patch(torch.cat([batch_x, batch_y], dim=1), self.spec.patch_size)
-
     def training_loss(self, batch_x: torch.Tensor, batch_y: torch.Tensor,
                       mask_true: torch.Tensor) -> torch.Tensor:
         """The loss OpenSTL's training_step returns for this batch and sampling mask."""
-        self.check_frames(batch_x, self.spec.in_frames, "batch_x")
-        self.check_frames(batch_y, self.spec.out_frames, "batch_y")
+        frames = self.checked_patch(batch_x, batch_y)
         expected = (batch_x.shape[0], self.spec.mask_length, *self.spec.grid,
                     self.spec.frame_channels)
         if tuple(mask_true.shape) != expected:
             raise ValueError(f"{self.spec.method}: mask_true must have shape {expected}, got "
                              f"{tuple(mask_true.shape)}")
-        _, loss = self.openstl_forward(self.patch(batch_x, batch_y), mask_true.to(batch_x))
+        _, loss = self.openstl_forward(frames, mask_true.to(batch_x))
         return loss
 
     def forward(self, batch_x: torch.Tensor) -> torch.Tensor:
@@ -250,3 +276,66 @@ class PatchedRecurrentModel(nn.Module):
         next_frames, _ = self.openstl_forward(frames, eval_mask(spec, b, frames),
                                               return_loss=False)
         return reshape_patch_back(next_frames, spec.patch_size)[:, -spec.out_frames:]
+
+
+class SampledRNN(RecurrentModel):
+    """The frame for MIM, E3D-LSTM and MAU: a subclass supplies `rollout(frames, mask)`.
+
+    `rollout` takes channels-first patches (B, T, p*p*C, H/p, W/p), T = total (or only the pre
+    inputs when mask is None = the test-time mask), and returns the total-1 predictions of
+    frames 1..total-1 in the same layout. All their layers share one width (zig-zag memory).
+    """
+
+    def __init__(self, configs: Mapping[str, Any]):
+        super().__init__(configs)
+        check_equal_widths(self.spec)
+
+    def rollout(self, frames: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def channels_first_mask(self, mask_true: torch.Tensor, batch: int) -> torch.Tensor:
+        """OpenSTL's (B, Tm, H/p, W/p, p*p*C) mask or (B, Tm) flags -> broadcastable to frames."""
+        spec = self.spec
+        if mask_true.dim() == 2:
+            mask = mask_true[:, :, None, None, None]
+        elif mask_true.dim() == 5:
+            mask = mask_true.permute(0, 1, 4, 2, 3)
+        else:
+            raise ValueError(f"{spec.method}: mask_true of shape {tuple(mask_true.shape)} "
+                             "must be (B, Tm) flags or OpenSTL's (B, Tm, H/p, W/p, p*p*C)")
+        if mask.shape[0] != batch or mask.shape[1] != spec.mask_length:
+            kind = "reverse scheduled" if spec.reverse_scheduled_sampling else "scheduled"
+            raise ValueError(f"{spec.method}: mask_true has shape {tuple(mask_true.shape)}; "
+                             f"{kind} sampling needs (B={batch}, {spec.mask_length}, ...)")
+        return mask
+
+    def openstl_forward(self, frames_tensor: torch.Tensor, mask_true: torch.Tensor,
+                        return_loss: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """OpenSTL's model call on its channels-last patches -> (next_frames, loss)."""
+        frames = frames_tensor.permute(0, 1, 4, 2, 3)
+        nxt = self.rollout(frames, self.channels_first_mask(mask_true, frames.shape[0]))
+        loss = self.loss_fn(nxt, frames[:, 1:]) if return_loss else None
+        return self.openstl_layout(nxt), loss
+
+    def openstl_layout(self, next_frames: torch.Tensor) -> torch.Tensor:
+        """Channels-first predictions -> OpenSTL's next_frames layout (channels last)."""
+        return next_frames.permute(0, 1, 3, 4, 2)
+
+    def loss_fn(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(pred, target)
+
+    def forward(self, batch_x: torch.Tensor) -> torch.Tensor:
+        """(B, pre, C, H, W) inputs -> (B, aft, C, H, W) forecast under the test-time mask."""
+        spec = self.spec
+        self.check_frames(batch_x, spec.in_frames, "input")
+        # Only the inputs: the test mask never feeds a future frame (OpenSTL multiplies the
+        # true future by 0, so a NaN there leaked into its forecast; here it cannot).
+        patches = reshape_patch(batch_x, spec.patch_size).permute(0, 1, 4, 2, 3)
+        nxt = self.rollout(patches, None)[:, -spec.out_frames:]
+        return reshape_patch_back(nxt.permute(0, 1, 3, 4, 2), spec.patch_size)
+
+    def training_loss(self, batch_x: torch.Tensor, batch_y: torch.Tensor,
+                      mask_true: torch.Tensor) -> torch.Tensor:
+        """OpenSTL's training-step loss over all total-1 predicted frames (spec/rnn.md 1.2)."""
+        _, loss = self.openstl_forward(self.checked_patch(batch_x, batch_y), mask_true)
+        return loss

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simvp_ray.models.recurrent._shared_b import SampledRNN, parse_seq_config
+from simvp_ray.models.recurrent.common import SampledRNN
 
 WINDOW = 2  # OpenSTL hard-codes window_length 2, window_stride 1 and the (2, 5, 5) kernel
 KERNEL = (2, 5, 5)
@@ -93,9 +93,11 @@ class E3DLSTM(SampledRNN):
     is (2, 5, 5)).
     """
 
+    method = "e3dlstm"
+
     def __init__(self, configs: Mapping[str, Any]):
-        super().__init__()
-        self.cfg = cfg = parse_seq_config(configs, "E3DLSTM")
+        super().__init__(configs)
+        cfg = self.spec
         self.num_hidden = widths = cfg.num_hidden
         self.num_layers = len(widths)
         self.cell_list = nn.ModuleList(
@@ -115,7 +117,7 @@ class E3DLSTM(SampledRNN):
         memory = zeros
         previous = torch.zeros_like(frames[:, 0])
         x_gen, outputs = None, []
-        for t in range(self.cfg.total - 1):
+        for t in range(self.spec.total_length - 1):
             net = self.select_input(t, frames, mask, x_gen)
             window = torch.stack([previous, net], dim=2)  # (B, C, 2, H, W)
             previous = net

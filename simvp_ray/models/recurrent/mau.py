@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from simvp_ray.models.recurrent._shared_b import SampledRNN, config_value, parse_seq_config
+from simvp_ray.models.recurrent.common import SampledRNN, config_value
 
 CELL_MODES = ("normal", "residual")
 MODEL_MODES = ("normal", "recall")
@@ -68,9 +68,11 @@ class MAU(SampledRNN):
     class, decides whether to copy that quirk.
     """
 
+    method = "mau"
+
     def __init__(self, configs: Mapping[str, Any]):
-        super().__init__()
-        self.cfg = cfg = parse_seq_config(configs, "MAU")
+        super().__init__(configs)
+        cfg = self.spec
         if cfg.patch_size != 1:
             raise ValueError(f"MAU: patch_size={cfg.patch_size} is not supported; MAU runs on "
                              "unpatched frames (patch_size=1)")
@@ -133,7 +135,7 @@ class MAU(SampledRNN):
         s_hist = [[zeros] * self.tau for _ in range(self.num_layers)]
         t_state = [zeros] * self.num_layers
         x_gen, outputs = None, []
-        for t in range(self.cfg.total - 1):
+        for t in range(self.spec.total_length - 1):
             feature = self.select_input(t, frames, mask, x_gen)
             encoded = []
             for encoder in self.encoders:

@@ -10,37 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from simvp_ray.models.recurrent._shared_b import SampledRNN, conv_block, parse_seq_config
-
-
-class SpatioTemporalLSTMCell(nn.Module):
-    """PredRNN's ST-LSTM cell (keys conv_x/conv_h/conv_m/conv_o `.0`, conv_last); forget bias +1.
-
-    conv_x splits (i, f, g, i', f', g', o), conv_h (i, f, g, o), conv_m (i', f', g').
-    """
-
-    def __init__(self, c_in: int, hidden: int, grid: tuple[int, int], kernel: int,
-                 layer_norm: bool):
-        super().__init__()
-        self.num_hidden = hidden
-        self.conv_x = conv_block(c_in, 7 * hidden, kernel, grid, layer_norm)
-        self.conv_h = conv_block(hidden, 4 * hidden, kernel, grid, layer_norm)
-        self.conv_m = conv_block(hidden, 3 * hidden, kernel, grid, layer_norm)
-        self.conv_o = conv_block(2 * hidden, hidden, kernel, grid, layer_norm)
-        self.conv_last = nn.Conv2d(2 * hidden, hidden, 1, bias=False)
-
-    def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, m: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        i_x, f_x, g_x, i_xp, f_xp, g_xp, o_x = self.conv_x(x).split(self.num_hidden, dim=1)
-        i_h, f_h, g_h, o_h = self.conv_h(h).split(self.num_hidden, dim=1)
-        i_m, f_m, g_m = self.conv_m(m).split(self.num_hidden, dim=1)
-        c_new = (torch.sigmoid(f_x + f_h + 1.0) * c
-                 + torch.sigmoid(i_x + i_h) * torch.tanh(g_x + g_h))
-        m_new = (torch.sigmoid(f_xp + f_m + 1.0) * m
-                 + torch.sigmoid(i_xp + i_m) * torch.tanh(g_xp + g_m))
-        mem = torch.cat([c_new, m_new], dim=1)
-        o = torch.sigmoid(o_x + o_h + self.conv_o(mem))
-        return o * torch.tanh(self.conv_last(mem)), c_new, m_new
+from simvp_ray.models.recurrent.common import RecurrentSpec, SampledRNN, conv_block
+from simvp_ray.models.recurrent.predrnn import SpatioTemporalLSTMCell
 
 
 def peephole_lstm(cell: MIMN | MIMBlock, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor
@@ -60,14 +31,13 @@ def peephole_lstm(cell: MIMN | MIMBlock, x: torch.Tensor, h: torch.Tensor, c: to
 class MIMN(nn.Module):
     """Non-stationary module: a peephole ConvLSTM over differences (`conv_last` is never used)."""
 
-    def __init__(self, c_in: int, hidden: int, grid: tuple[int, int], kernel: int,
-                 layer_norm: bool):
+    def __init__(self, c_in: int, hidden: int, spec: RecurrentSpec):
         super().__init__()
         self.num_hidden = hidden
-        self.ct_weight = nn.Parameter(torch.zeros(2 * hidden, *grid))
-        self.oc_weight = nn.Parameter(torch.zeros(hidden, *grid))
-        self.conv_h_concat = conv_block(c_in, 4 * hidden, kernel, grid, layer_norm)
-        self.conv_x_concat = conv_block(c_in, 4 * hidden, kernel, grid, layer_norm)
+        self.ct_weight = nn.Parameter(torch.zeros(2 * hidden, *spec.grid))
+        self.oc_weight = nn.Parameter(torch.zeros(hidden, *spec.grid))
+        self.conv_h_concat = conv_block(c_in, 4 * hidden, spec)
+        self.conv_x_concat = conv_block(c_in, 4 * hidden, spec)
         self.conv_last = nn.Conv2d(2 * hidden, hidden, 1, bias=False)
         self.conv_last.weight.requires_grad_(False)  # built by OpenSTL, never used
 
@@ -82,18 +52,17 @@ class MIMBlock(nn.Module):
     `convlstm_c` (the MIMS cell state S) lives on the module across calls, read detached.
     """
 
-    def __init__(self, c_in: int, hidden: int, grid: tuple[int, int], kernel: int,
-                 layer_norm: bool):
+    def __init__(self, c_in: int, hidden: int, spec: RecurrentSpec):
         super().__init__()
         self.num_hidden = hidden
         self.convlstm_c: torch.Tensor | None = None
-        self.ct_weight = nn.Parameter(torch.zeros(2 * hidden, *grid))
-        self.oc_weight = nn.Parameter(torch.zeros(hidden, *grid))
-        self.conv_t_cc = conv_block(c_in, 3 * hidden, kernel, grid, layer_norm)
-        self.conv_s_cc = conv_block(hidden, 4 * hidden, kernel, grid, layer_norm)
-        self.conv_x_cc = conv_block(hidden, 4 * hidden, kernel, grid, layer_norm)
-        self.conv_h_concat = conv_block(hidden, 4 * hidden, kernel, grid, layer_norm)
-        self.conv_x_concat = conv_block(hidden, 4 * hidden, kernel, grid, layer_norm)
+        self.ct_weight = nn.Parameter(torch.zeros(2 * hidden, *spec.grid))
+        self.oc_weight = nn.Parameter(torch.zeros(hidden, *spec.grid))
+        self.conv_t_cc = conv_block(c_in, 3 * hidden, spec)
+        self.conv_s_cc = conv_block(hidden, 4 * hidden, spec)
+        self.conv_x_cc = conv_block(hidden, 4 * hidden, spec)
+        self.conv_h_concat = conv_block(hidden, 4 * hidden, spec)
+        self.conv_x_concat = conv_block(hidden, 4 * hidden, spec)
         self.conv_last = nn.Conv2d(2 * hidden, hidden, 1, bias=False)
 
     def forward(self, x: torch.Tensor, diff: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
@@ -128,28 +97,30 @@ class MIM(SampledRNN):
     the last step of one call to the first step of the next (batch to batch, training to
     validation), detached. So the same input gives a different output on a second call, and
     the batch size may not change between calls (a ValueError says so). Set
-    `model.carry_state = False` to start every call from zeros instead, or call
+    `model.carry_state = False` (`build_model` does under model.recurrent.openstl_quirks=false)
+    to start every call from zeros instead, or call
     `model.reset_state()` (for example before evaluating). The state is not in the state_dict
     (nor in OpenSTL's), so a resumed run starts it from zeros. The MIMN calls OpenSTL makes on
     zeros at t = 0 and discards are skipped (its FLOP count does not include them either).
     """
 
+    method = "mim"
+
     def __init__(self, configs: Mapping[str, Any]):
-        super().__init__()
-        self.cfg = cfg = parse_seq_config(configs, "MIM")
+        super().__init__(configs)
+        cfg = self.spec
         widths = cfg.num_hidden
         if len(widths) < 2:
-            raise ValueError(f"MIM: num_hidden={widths} needs at least 2 layers (layer 0 is a "
+            raise ValueError(f"mim: num_hidden={widths} needs at least 2 layers (layer 0 is a "
                              "PredRNN cell, MIM blocks start at layer 1)")
         self.num_layers = len(widths)
         self.num_hidden = widths
         self.carry_state = True
-        grid, k, ln = cfg.grid, cfg.filter_size, cfg.layer_norm
         self.stlstm_layer = nn.ModuleList(
-            [SpatioTemporalLSTMCell(cfg.frame_channels, widths[0], grid, k, ln)]
-            + [MIMBlock(widths[i - 1], widths[i], grid, k, ln) for i in range(1, len(widths))])
+            [SpatioTemporalLSTMCell(cfg.frame_channels, widths[0], cfg)]
+            + [MIMBlock(widths[i - 1], widths[i], cfg) for i in range(1, len(widths))])
         self.stlstm_layer_diff = nn.ModuleList(
-            MIMN(widths[i], widths[i + 1], grid, k, ln) for i in range(len(widths) - 1))
+            MIMN(widths[i], widths[i + 1], cfg) for i in range(len(widths) - 1))
         self.conv_last = nn.Conv2d(widths[-1], cfg.frame_channels, 1, bias=False)
 
     def reset_state(self) -> None:
@@ -167,17 +138,17 @@ class MIM(SampledRNN):
     def rollout(self, frames: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if not self.carry_state:
             self.reset_state()
-        cfg, layers = self.cfg, self.num_layers
+        cfg, layers = self.spec, self.num_layers
         batch, _, _, height, width = frames.shape
         zeros = frames.new_zeros(batch, self.num_hidden[0], height, width)
         h, c = [zeros] * layers, [zeros] * layers
         diff_h, diff_c = [zeros] * (layers - 1), [zeros] * (layers - 1)
         memory = zeros
         x_gen, outputs = None, []
-        for t in range(cfg.total - 1):
+        for t in range(cfg.total_length - 1):
             net = self.select_input(t, frames, mask, x_gen)
             h_prev = h[0]
-            h[0], c[0], memory = self.stlstm_layer[0](net, h[0], c[0], memory)
+            h[0], c[0], memory = self.stlstm_layer[0](net, h[0], c[0], memory)[:3]
             for i in range(1, layers):
                 if t > 0:  # at t = 0 OpenSTL runs MIMN on zeros and drops the result
                     x_diff = h[0] - h_prev if i == 1 else diff_h[i - 2]

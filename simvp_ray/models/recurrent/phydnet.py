@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simvp_ray.models.recurrent._shared_b import config_value
+from simvp_ray.models.recurrent.common import config_value
 
 LATENT = 64  # PhyDNet's widths are hard-coded in OpenSTL
 PHY_HIDDEN = 49
@@ -229,11 +229,20 @@ class PhyDNet(nn.Module):
     def training_loss(self, batch_x: torch.Tensor, batch_y: torch.Tensor,
                       mask_true: torch.Tensor | None = None, *,
                       teacher_forcing: bool | None = None) -> torch.Tensor:
-        """The loss OpenSTL's training step returns (see the class docstring)."""
+        """The loss OpenSTL's training step returns (see the class docstring). `mask_true`:
+        the trainer's 0-dim 0/1 teacher-forcing flag for this batch (training_mask_shape is
+        ()), or None for the `teacher_forcing` attribute; the keyword overrides both."""
         if mask_true is not None:
-            raise ValueError("PhyDNet: mask_true must be None; PhyDNet has no scheduled "
-                             "sampling (set `teacher_forcing` instead)")
-        forcing = self.teacher_forcing if teacher_forcing is None else teacher_forcing
+            if mask_true.dim() != 0:
+                raise ValueError(f"PhyDNet: mask_true of shape {tuple(mask_true.shape)} must be "
+                                 "a 0-dim teacher-forcing flag; PhyDNet has no scheduled "
+                                 "sampling")
+            # a meta tensor (the FLOP count) holds no value; both choices cost the same
+            forcing = mask_true.is_meta or bool(mask_true.item())
+        else:
+            forcing = self.teacher_forcing
+        if teacher_forcing is not None:
+            forcing = teacher_forcing
         loss, _ = self.model_loss(batch_x, batch_y, forcing)
         if self.loss_quirk:  # OpenSTL: MSELoss()(scalar, batch_y), broadcast
             return ((loss - batch_y) ** 2).mean()
