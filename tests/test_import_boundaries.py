@@ -27,6 +27,10 @@ RULES = [
     ("simvp_ray/plan.py", ("ray", "simvp_ray.distributed")),  # the check before Ray starts
     ("simvp_ray/presets.py", ("torch", "ray", "numpy", "simvp_ray.models", "simvp_ray.data")),
     ("jobs/*.py", ("ray.train", "ray.tune", "ray.data")),
+    # the driver's plan check runs before Ray starts; progress and reporting serve every job
+    ("simvp_ray/plan.py", ("ray", "simvp_ray.distributed", "simvp_ray.data.ray_data")),
+    ("simvp_ray/progress.py", ("ray", "torch", "simvp_ray.")),
+    ("simvp_ray/reporting.py", ("ray", "torch", "simvp_ray.distributed", "simvp_ray.train")),
 ]
 # Ray Data lives in one module of the data layer; ray.train / ray.tune in one subpackage.
 RAY_DATA_MODULE = "simvp_ray/data/ray_data.py"
