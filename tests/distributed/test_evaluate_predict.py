@@ -166,15 +166,20 @@ def _lat_store(path) -> str:
     return writer.finish("zscore").url
 
 
+def save_untrained_checkpoint(config, folder) -> None:
+    """A checkpoint of a freshly initialised model: enough to score baselines and plumbing."""
+    model = build_model(config.model)
+    optimizer = build_optimizer(model, config.optim)
+    save_checkpoint(folder, model_state=to_openstl_state_dict(model), optimizer=optimizer,
+                    scheduler=build_scheduler(optimizer, config.optim, 1, 1), epoch=0,
+                    global_step=0, config=config, history=[])
+
+
 def test_weatherbench_metrics_lat_weighted_rmse_and_acc(local_ray, tmp_path):
     """Lat-weighted RMSE of persistence equals WeatherBench 2's definition computed here."""
     store = _lat_store(tmp_path / "t2m.zarr")
     config = override(get_preset("demo"), [f"data.url={store}", "model.channels=1", *TINY[:4]])
-    model = build_model(config.model)
-    optimizer = build_optimizer(model, config.optim)
-    save_checkpoint(tmp_path / "ck", model_state=to_openstl_state_dict(model),
-                    optimizer=optimizer, scheduler=build_scheduler(optimizer, config.optim, 1, 1),
-                    epoch=0, global_step=0, config=config, history=[])
+    save_untrained_checkpoint(config, tmp_path / "ck")
     out = tmp_path / "eval"
     assert load_job("evaluate").main([str(tmp_path / "ck"), "--out", str(out), "--no-cost"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -214,9 +219,8 @@ def test_weatherbench_metrics_lat_weighted_rmse_and_acc(local_ray, tmp_path):
 
 def test_a_year_of_training_data_gets_the_day_of_year_climatology(local_ray, tmp_path):
     """Two years, 6-hourly: evaluate's baseline and ACC use WB2's day-of-year climatology at
-    each target's valid time. Needs the window time index t0 in the batches (issue 13)."""
+    each target's valid time, found from the window time index t0 the batches carry."""
     from simvp_ray.data.climatology import day_of_year_climatology
-    from simvp_ray.data.ray_data import build_ray_datasets
     from simvp_ray.data.windows import window_starts
 
     n, h = 2 * 1461, 32  # 2003-2004, four steps a day
@@ -236,13 +240,7 @@ def test_a_year_of_training_data_gets_the_day_of_year_climatology(local_ray, tmp
     writer.write(0, frames, np.ones(n, bool))
     store = writer.finish("zscore").url
     config = override(get_preset("demo"), [f"data.url={store}", "model.channels=1", *TINY[:4]])
-    if "t0" not in build_ray_datasets(config.data, config.model)["test"].schema().names:
-        pytest.skip("the batches carry no window time index t0 yet (issue 13)")
-    model = build_model(config.model)
-    optimizer = build_optimizer(model, config.optim)
-    save_checkpoint(tmp_path / "ck", model_state=to_openstl_state_dict(model),
-                    optimizer=optimizer, scheduler=build_scheduler(optimizer, config.optim, 1, 1),
-                    epoch=0, global_step=0, config=config, history=[])
+    save_untrained_checkpoint(config, tmp_path / "ck")
     out = tmp_path / "eval"
     assert load_job("evaluate").main([str(tmp_path / "ck"), "--out", str(out), "--no-cost"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())

@@ -20,13 +20,7 @@ FIXTURES = sorted(p.name for p in (SHARED_DIR / "spec" / "parity" / "rnn").glob(
     "convlstm.pt", "predrnn.pt", "predrnn_ln_rss.pt", "predrnnpp.pt"]  # shown as skipped
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the fixtures' README: OpenSTL itself moves by up to 5e-6 between 1 and 2 threads
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def load(name: str) -> dict:

@@ -23,13 +23,7 @@ from simvp_ray.models.recurrent.phydnet import PhyDNet
 SAMPLED = {"mim.pt": MIM, "mau.pt": MAU, "mau_recall_residual.pt": MAU}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The fixtures were made at 1 thread (README); compare the same way.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def load(name: str) -> dict:
