@@ -30,7 +30,7 @@ LOWER_BOUNDS = {
     "train.epochs": 1, "train.checkpoint_every": 1, "train.keep_checkpoints": 1,
     "train.max_steps_per_epoch": 0, "data.batch_size": 1, "data.val_batch_size": 1,
     "data.windows_per_read": 1, "data.frame_step": 1, "data.window_stride": 1,
-    "data.shuffle_buffer": 0, "scaling.num_workers": 1, "scaling.min_workers": 0,
+    "data.shuffle_buffer_bytes": 0, "scaling.num_workers": 1, "scaling.min_workers": 0,
     "scaling.max_failures": -1, "optim.warmup_epochs": 0, "train.log_every_s": 0,
 }
 
