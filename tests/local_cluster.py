@@ -164,7 +164,13 @@ def kill_driver_when(job_args: list[str], done, what: str, timeout: float = 300)
         wait_for(lambda: done() or driver.poll() is not None, timeout=timeout, interval=0.5,
                  what=what)
     finally:
+        # its Ray's processes with it (raylet, the Train controller and workers): left alone,
+        # a worker would go on to write the next checkpoint after the "kill"
+        left = _children(psutil.Process(driver.pid)) if driver.poll() is None else []
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
+        for proc in left:
+            _signal(proc, signal.SIGKILL)
+        psutil.wait_procs(left, timeout=10)
         driver.wait(timeout=30)
         end_processes(processes_mentioning(ray_tmp))

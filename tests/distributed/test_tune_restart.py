@@ -3,6 +3,7 @@ killed driver): the experiment's state lives in storage, so a fresh cluster pick
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -40,6 +41,14 @@ def end(cluster: LocalCluster) -> None:
     shutil.rmtree(cluster.temp_dir, ignore_errors=True)
 
 
+def trial_ids(experiment: Path) -> set[str]:
+    """The trials in Tune's latest saved experiment state: a restored experiment keeps its
+    trials' ids, a new experiment under the same name would give them new ones."""
+    latest = max(experiment.glob("experiment_state-*.json"))
+    return {json.loads(trial)["trial_id"]
+            for trial, _ in json.loads(latest.read_text())["trial_data"]}
+
+
 def test_tune_resumes_on_a_new_cluster_after_ray_was_stopped(small_store, tmp_path):
     runs = tmp_path / "exp" / "runs"
     args = ["--experiment", "variants", "--translators", "gsta,incepu", "--set",
@@ -57,6 +66,9 @@ def test_tune_resumes_on_a_new_cluster_after_ray_was_stopped(small_store, tmp_pa
         driver.wait(timeout=60)
     finished = {path.parent.name: path.read_text() for path in runs.glob("*/result.json")}
     assert len(finished) == 1, f"the stop came too late: {sorted(finished)}"
+    # a finished run's result.json alone would not tell a restore from a new experiment: the
+    # trainable reuses a finished run's result in both
+    before = trial_ids(tmp_path / "exp")
 
     cluster = new_cluster()
     try:
@@ -70,5 +82,6 @@ def test_tune_resumes_on_a_new_cluster_after_ray_was_stopped(small_store, tmp_pa
     assert resumed.returncode == 0, (tmp_path / "resumed.log").read_text()[-3000:]
     after = {path.parent.name: path.read_text() for path in runs.glob("*/result.json")}
     assert sorted(after) == ["gsta-s0", "incepu-s0"], sorted(after)
+    assert before and before <= trial_ids(tmp_path / "exp"), "the experiment was not restored"
     for name, content in finished.items():
         assert after[name] == content, f"{name} finished before the stop but was re-run"
