@@ -66,22 +66,30 @@ def spoil_store_as_training_runs(store: str, run: Path, stop: threading.Event) -
     return done
 
 
+def train_with_fault(store: str, name: str, storage: Path, inject) -> tuple[int, object]:
+    """Run the train job while `inject(stop)` spoils the store from a thread; returns the job's
+    exit code and what `inject` returned."""
+    stop = threading.Event()
+    injected: list = []
+    thread = threading.Thread(target=lambda: injected.append(inject(stop)))
+    thread.start()
+    try:
+        code = load_job("train").main(["--set", f"data.url={store}", *SMALL, "--storage",
+                                       str(storage), "--name", name])
+    finally:
+        stop.set()
+        thread.join()
+    return code, injected[0] if injected else None
+
+
 def test_non_finite_loss_keeps_the_best_and_the_latest_checkpoint(local_ray, small_store,
                                                                   tmp_path, capsys):
     store = str(tmp_path / "store.zarr")
     shutil.copytree(small_store, store)
     run = tmp_path / "runs" / "spoiled"
-    stop = threading.Event()
-    spoiled: dict = {}
-    thread = threading.Thread(target=lambda: spoiled.update(
-        spoil_store_as_training_runs(store, run, stop)))
-    thread.start()
-    try:
-        code = load_job("train").main(["--set", f"data.url={store}", *SMALL, "--storage",
-                                       str(tmp_path / "runs"), "--name", "spoiled"])
-    finally:
-        stop.set()
-        thread.join()
+    code, spoiled = train_with_fault(store, "spoiled", tmp_path / "runs",
+                                     lambda stop: spoil_store_as_training_runs(store, run, stop))
+    spoiled = spoiled or {}
     err = capsys.readouterr().err
     assert spoiled.get("train_spoiled_after") is not None, f"never spoiled: {spoiled} {err}"
     assert code == 3, err
@@ -134,16 +142,8 @@ def test_a_corrupt_chunk_stops_the_run_at_once_naming_it(local_ray, small_store,
     store = str(tmp_path / "store.zarr")
     shutil.copytree(small_store, store)
     run = tmp_path / "runs" / "corrupt"
-    stop = threading.Event()
-    thread = threading.Thread(target=corrupt_chunk_when_checkpointed,
-                              args=(store, 1, run, stop))
-    thread.start()
-    try:
-        code = load_job("train").main(["--set", f"data.url={store}", *SMALL, "--storage",
-                                       str(tmp_path / "runs"), "--name", "corrupt"])
-    finally:
-        stop.set()
-        thread.join()
+    code, _ = train_with_fault(store, "corrupt", tmp_path / "runs",
+                               lambda stop: corrupt_chunk_when_checkpointed(store, 1, run, stop))
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert code == 3, err
