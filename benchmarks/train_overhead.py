@@ -4,7 +4,7 @@
     python benchmarks/train_overhead.py --epochs 4 --threads 2
 
 Both run the same training loop (`run_training`) on the same preset, data and seed: the
-plain loop over in-memory tensors in this process, the Ray path through `run_experiment`
+plain loop over in-memory tensors in this process, the Ray path through `launch_run`
 with one worker, its data in `data.mode` (default resident: the splits in the object store,
 batches cut by numpy in a background thread; `--mode streaming` for the streamed path).
 Epoch times exclude start-up, which is reported separately; the first epoch is dropped as
@@ -26,7 +26,7 @@ import torch
 
 from simvp_ray.config import override
 from simvp_ray.data import open_dataset, read_windows, window_starts
-from simvp_ray.distributed.trainer import ensure_synthetic_store, run_experiment
+from simvp_ray.distributed.trainer import ensure_synthetic_store, launch_run
 from simvp_ray.presets import get_preset
 from simvp_ray.train.loop import Runtime, run_training
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         plain = plain_epoch_times(config, args.threads, Path(folder) / "plain")
         start = time.time()
-        result = run_experiment(config, storage=str(Path(folder) / "runs"), name="overhead")
+        result = launch_run(config, storage=str(Path(folder) / "runs"), name="overhead")
         ray_wall = time.time() - start
     ray_rows = result["history"]
     rows = []

@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from simvp_ray.config import override
-from simvp_ray.distributed.trainer import TrainingStopped, run_experiment
+from simvp_ray.distributed.trainer import TrainingStopped, launch_run
 from simvp_ray.presets import get_preset
 from simvp_ray.reporting import format_summary, one_line
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         config = override(get_preset(args.preset), args.set)
         config = override(config, {**args.num_workers, **({"scaling.use_gpu": True}
                                                           if args.gpu else {})})
-        summary = run_experiment(config, storage=args.storage, name=args.name,
+        summary = launch_run(config, storage=args.storage, name=args.name,
                                  resume=args.resume)
     except ValueError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Experiment configuration: frozen dataclasses, dotted overrides, exact dict round trip.
+"""One training run's configuration: frozen dataclasses, dotted overrides, exact dict round trip.
 
 One override mechanism serves the CLIs (`--set model.translator=swin optim.lr=3e-4`), YAML
 files and Tune search spaces: `override(config, {"optim.lr": 3e-4})`.
@@ -138,7 +138,7 @@ class ScalingConfig:
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
+class RunConfig:
     name: str = "demo"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

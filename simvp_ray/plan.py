@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from simvp_ray.config import ExperimentConfig, flatten
+from simvp_ray.config import RunConfig, flatten
 from simvp_ray.data import open_dataset
 from simvp_ray.data.batches import channel_indices
 from simvp_ray.data.schema import DatasetError
@@ -46,7 +46,7 @@ class Plan:
     fingerprint: dict[str, Any]
 
 
-def world_sizes(config: ExperimentConfig) -> tuple[int, ...]:
+def world_sizes(config: RunConfig) -> tuple[int, ...]:
     """Every world size of the run: num_workers, or min..max for an elastic run."""
     scaling = config.scaling
     low = scaling.min_workers if 0 < scaling.min_workers < scaling.num_workers \
@@ -79,7 +79,7 @@ def _require(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def check_numbers(config: ExperimentConfig) -> None:
+def check_numbers(config: RunConfig) -> None:
     """Ranges of the plain numbers, each named with its valid range."""
     flat = flatten(config)
     for key, low in LOWER_BOUNDS.items():
@@ -97,7 +97,7 @@ def check_numbers(config: ExperimentConfig) -> None:
              f"train.precision={train.precision!r}; valid: {', '.join(PRECISIONS)}")
 
 
-def check_plan(config: ExperimentConfig, dataset: Dataset | None = None) -> Plan:
+def check_plan(config: RunConfig, dataset: Dataset | None = None) -> Plan:
     """Raise one ValueError for anything that would fail inside the workers; `config` has its
     data.url resolved (the store is opened for its metadata only)."""
     check_numbers(config)

@@ -1,6 +1,6 @@
-"""Named experiment presets: OpenSTL's SimVP recipes per dataset and translator, plus `demo`.
+"""Named run presets: OpenSTL's SimVP recipes per dataset and translator, plus `demo`.
 
-`PRESETS["taxibj_gsta"]()` returns an ExperimentConfig. Names are `<dataset>_<translator>`
+`PRESETS["taxibj_gsta"]()` returns an RunConfig. Names are `<dataset>_<translator>`
 for the datasets below and every translator, e.g. `mmnist_incepu`, `weather_t2m_swin`.
 Hyper-parameters are OpenSTL's merged configs (spec/models.md section 3). The recurrent
 baselines are `mmnist_<method>` (`mmnist_convlstm`, `mmnist_predrnn`, ...; spec/rnn.md 4).
@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from simvp_ray.config import (
     DataConfig,
-    ExperimentConfig,
     ModelConfig,
     OptimConfig,
     RecurrentConfig,
+    RunConfig,
     ScalingConfig,
     TrainConfig,
     override,
@@ -95,9 +95,9 @@ RECIPES: dict[str, DatasetRecipe] = {
 }
 
 
-def recipe_preset(dataset: str, translator: str) -> ExperimentConfig:
+def recipe_preset(dataset: str, translator: str) -> RunConfig:
     recipe = RECIPES[dataset]
-    config = ExperimentConfig(
+    config = RunConfig(
         name=f"{dataset}_{translator}",
         model=dataclasses.replace(recipe.model, translator=translator),
         data=DataConfig(url=recipe.data_url),
@@ -123,10 +123,10 @@ RECURRENT_RECIPES: dict[str, tuple[str, float, RecurrentConfig]] = {
 }
 
 
-def recurrent_preset(name: str) -> ExperimentConfig:
+def recurrent_preset(name: str) -> RunConfig:
     method, lr, recurrent = RECURRENT_RECIPES[name]
     recipe = RECIPES["mmnist"]
-    return ExperimentConfig(
+    return RunConfig(
         name=f"mmnist_{name}",
         model=dataclasses.replace(recipe.model, method=method, recurrent=recurrent),
         data=DataConfig(url=recipe.data_url),
@@ -135,9 +135,9 @@ def recurrent_preset(name: str) -> ExperimentConfig:
     )
 
 
-def demo() -> ExperimentConfig:
+def demo() -> RunConfig:
     """A small gSTA (SimVPv2) on the embedded synthetic data: minutes on 2 CPU cores."""
-    return ExperimentConfig(
+    return RunConfig(
         name="demo",
         model=ModelConfig(translator="gsta", in_frames=4, out_frames=4, channels=2, height=32,
                           width=32, spatial_channels=16, translator_channels=64,
@@ -150,8 +150,8 @@ def demo() -> ExperimentConfig:
     )
 
 
-def _all_presets() -> dict[str, Callable[[], ExperimentConfig]]:
-    presets: dict[str, Callable[[], ExperimentConfig]] = {"demo": demo}
+def _all_presets() -> dict[str, Callable[[], RunConfig]]:
+    presets: dict[str, Callable[[], RunConfig]] = {"demo": demo}
     for dataset, recipe in RECIPES.items():
         for translator in recipe.lrs:
             presets[f"{dataset}_{translator}"] = (
@@ -161,10 +161,10 @@ def _all_presets() -> dict[str, Callable[[], ExperimentConfig]]:
     return presets
 
 
-PRESETS: dict[str, Callable[[], ExperimentConfig]] = _all_presets()
+PRESETS: dict[str, Callable[[], RunConfig]] = _all_presets()
 
 
-def get_preset(name: str) -> ExperimentConfig:
+def get_preset(name: str) -> RunConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
     return PRESETS[name]()

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from simvp_ray.config import (
-    ExperimentConfig,
+    RunConfig,
     flatten,
     from_dict,
     from_json,
@@ -21,7 +21,7 @@ from simvp_ray.presets import PRESETS, get_preset
 
 
 def test_override_with_cli_strings():
-    config = override(ExperimentConfig(), ["model.translator=swin", "optim.lr=3e-4",
+    config = override(RunConfig(), ["model.translator=swin", "optim.lr=3e-4",
                                            "train.compile=true", "scaling.num_workers=2"])
     assert config.model.translator == "swin"
     assert config.optim.lr == 3e-4
@@ -30,16 +30,16 @@ def test_override_with_cli_strings():
 
 
 def test_override_with_python_values_as_tune_passes_them():
-    config = override(ExperimentConfig(), {"optim.lr": 1, "model.drop_path": 0.2,
+    config = override(RunConfig(), {"optim.lr": 1, "model.drop_path": 0.2,
                                            "train.epochs": 3.0})
     assert config.optim.lr == 1.0 and isinstance(config.optim.lr, float)
     assert config.train.epochs == 3 and isinstance(config.train.epochs, int)
 
 
 def test_override_leaves_the_original_untouched():
-    base = ExperimentConfig()
+    base = RunConfig()
     override(base, {"optim.lr": 0.5})
-    assert base.optim.lr == ExperimentConfig().optim.lr
+    assert base.optim.lr == RunConfig().optim.lr
 
 
 @pytest.mark.parametrize("item, message", [
@@ -55,41 +55,41 @@ def test_override_leaves_the_original_untouched():
 ])
 def test_bad_overrides_are_value_errors(item, message):
     with pytest.raises(ValueError, match=message.replace("(", "\\(").replace(")", "\\)")):
-        override(ExperimentConfig(), [item])
+        override(RunConfig(), [item])
 
 
 def test_wrong_python_types_are_value_errors():
     with pytest.raises(ValueError, match="train.epochs: expected int"):
-        override(ExperimentConfig(), {"train.epochs": 2.5})
+        override(RunConfig(), {"train.epochs": 2.5})
     with pytest.raises(ValueError, match="model.translator: expected str"):
-        override(ExperimentConfig(), {"model.translator": 3})
+        override(RunConfig(), {"model.translator": 3})
     with pytest.raises(ValueError, match="train.compile: expected bool"):
-        override(ExperimentConfig(), {"train.compile": 1})
+        override(RunConfig(), {"train.compile": 1})
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_round_trips_exactly(name):
     config = get_preset(name)
-    assert from_dict(ExperimentConfig, to_dict(config)) == config
-    assert from_json(ExperimentConfig, to_json(config)) == config
+    assert from_dict(RunConfig, to_dict(config)) == config
+    assert from_json(RunConfig, to_json(config)) == config
     assert json.loads(to_json(config)) == to_dict(config)
 
 
 def test_from_dict_rejects_unknown_keys_and_lists_valid_ones():
-    data = to_dict(ExperimentConfig())
+    data = to_dict(RunConfig())
     data["model"]["hid_S"] = 16
     with pytest.raises(ValueError, match="ModelConfig: unknown keys \\['hid_S'\\]; valid keys: "
                                          "translator, in_frames"):
-        from_dict(ExperimentConfig, data)
+        from_dict(RunConfig, data)
 
 
 def test_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
-        ExperimentConfig().model.translator = "swin"
+        RunConfig().model.translator = "swin"
 
 
 def test_flatten_matches_valid_keys():
-    config = ExperimentConfig()
+    config = RunConfig()
     assert list(flatten(config)) == valid_keys(config)
     assert flatten(config)["model.translator"] == "gsta"
 

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from simvp_ray.config import ExperimentConfig, flatten, from_dict, override  # noqa: E402
+from simvp_ray.config import RunConfig, flatten, from_dict, override  # noqa: E402
 
 MANIFEST_FILE = "simvp_experiment.json"  # kind, base config, trials: simvp_ray.distributed.tune
 FINISHED, STOPPED, FAILED, UNFINISHED = "finished", "stopped early", "failed", "unfinished"
@@ -119,7 +119,7 @@ def _error(fs: fsspec.AbstractFileSystem, trial_dir: str) -> str:
 
 
 def _trial_config(manifest: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    return flatten(override(from_dict(ExperimentConfig, manifest["base"]), overrides))
+    return flatten(override(from_dict(RunConfig, manifest["base"]), overrides))
 
 
 def load_experiment(url: str) -> pd.DataFrame:

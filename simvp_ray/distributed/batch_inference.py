@@ -14,7 +14,7 @@ import pyarrow.fs
 import ray.data
 import torch
 
-from simvp_ray.config import ExperimentConfig, override
+from simvp_ray.config import RunConfig, override
 from simvp_ray.data import open_dataset
 from simvp_ray.data.store import Dataset
 from simvp_ray.distributed.trainer import RESULT_FILE, storage_filesystem
@@ -73,7 +73,7 @@ def fetch_checkpoint(url: str) -> dict[str, Any]:
     return payload
 
 
-def config_for_data(payload: dict[str, Any], data_url: str | None) -> ExperimentConfig:
+def config_for_data(payload: dict[str, Any], data_url: str | None) -> RunConfig:
     """The checkpoint's config, reading `data_url` instead of its own store when given."""
     config = payload["config"]
     if data_url:
@@ -84,7 +84,7 @@ def config_for_data(payload: dict[str, Any], data_url: str | None) -> Experiment
     return config
 
 
-def check_data_fits(config: ExperimentConfig, dataset: Dataset) -> list[str]:
+def check_data_fits(config: RunConfig, dataset: Dataset) -> list[str]:
     """The channel names the model reads from `dataset`; ValueError when channels or grid do
     not match what the checkpoint's model expects."""
     names = list(config.data.channels) or dataset.channels
@@ -103,7 +103,7 @@ def check_data_fits(config: ExperimentConfig, dataset: Dataset) -> list[str]:
 
 
 def open_checked(payload: dict[str, Any], data_url: str | None
-                 ) -> tuple[ExperimentConfig, Dataset, list[str]]:
+                 ) -> tuple[RunConfig, Dataset, list[str]]:
     """(config reading the store, the opened store, channel names), checked against each other."""
     config = config_for_data(payload, data_url)
     dataset = open_dataset(config.data.url)

@@ -7,11 +7,11 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from simvp_ray.config import ExperimentConfig
+from simvp_ray.config import RunConfig
 from simvp_ray.models import profile
 
 
-def measure_cost(config: ExperimentConfig, use_gpu: bool | None = None) -> dict[str, Any]:
+def measure_cost(config: RunConfig, use_gpu: bool | None = None) -> dict[str, Any]:
     """params, FLOPs per sample and inference samples/s of `config.model`.
 
     Measured in a Ray task holding one training worker's resources (the device and threads it

@@ -1,6 +1,6 @@
 """Launch a training run on Ray Train's TorchTrainer and summarise it in `result.json`.
 
-`run_experiment(config, storage=..., name=...)` connects to (or starts) Ray, holds the store's
+`launch_run(config, storage=..., name=...)` connects to (or starts) Ray, holds the store's
 splits in the object store or streams them through Ray Data (`data.mode`), trains with
 `worker.train_worker` on every worker, and writes
 `<storage>/<name>/result.json`. `build_trainer` is the one place a TorchTrainer is built: the
@@ -26,7 +26,7 @@ from ray.train.torch import TorchTrainer
 
 from simvp_ray.analysis.panels import plot_forecast_panel
 from simvp_ray.analysis.tensorboard import write_tensorboard
-from simvp_ray.config import ExperimentConfig, from_dict, override, to_dict
+from simvp_ray.config import RunConfig, from_dict, override, to_dict
 from simvp_ray.data import open_dataset
 from simvp_ray.data.ray_data import check_windows, plan_data
 from simvp_ray.data.synthetic import write_synthetic
@@ -57,7 +57,7 @@ def ensure_synthetic_store() -> str:
     return str(path)
 
 
-def resolve_data(config: ExperimentConfig) -> ExperimentConfig:
+def resolve_data(config: RunConfig) -> RunConfig:
     """Fill in the synthetic default and check the store matches the model's frames."""
     url = config.data.url or ensure_synthetic_store()
     dataset = open_dataset(url)
@@ -97,7 +97,7 @@ def check_storage_writable(storage: str) -> None:
         raise ValueError(f"cannot write to storage {storage!r}: {error}") from error
 
 
-def check_resume_config(storage: str, name: str, config: ExperimentConfig,
+def check_resume_config(storage: str, name: str, config: RunConfig,
                         fingerprint: dict[str, Any] | None = None) -> None:
     """A run resumes only with the model it was started with, on the store it trained on."""
     fs, root = storage_filesystem(storage)
@@ -108,7 +108,7 @@ def check_resume_config(storage: str, name: str, config: ExperimentConfig,
     if not folders:
         return  # stopped before its first checkpoint: Ray starts it from scratch
     with fs.open_input_stream(f"{folders[-1]}/config.json") as stream:
-        saved = from_dict(ExperimentConfig, json.loads(stream.read()))
+        saved = from_dict(RunConfig, json.loads(stream.read()))
     if saved.model != config.model:
         raise ValueError(f"cannot resume {name!r}: its checkpoints hold a different model "
                          f"({saved.model}) than this run's ({config.model})")
@@ -145,7 +145,7 @@ def ensure_ray(num_cpus_needed: float) -> None:
              dashboard_host="127.0.0.1")
 
 
-def check_resources(config: ExperimentConfig) -> None:
+def check_resources(config: RunConfig) -> None:
     """Fail fast when the cluster cannot place the workers (Ray Train would wait forever)."""
     scaling = config.scaling
     if scaling.wait_for_resources:
@@ -174,7 +174,7 @@ def quiet_ray_data() -> None:
     context.print_on_execution_start = False
 
 
-def scaling_config(config: ExperimentConfig) -> ray.train.ScalingConfig:
+def scaling_config(config: RunConfig) -> ray.train.ScalingConfig:
     scaling = config.scaling
     workers: int | tuple[int, int] = scaling.num_workers
     if scaling.min_workers and scaling.min_workers < scaling.num_workers:
@@ -186,7 +186,7 @@ def scaling_config(config: ExperimentConfig) -> ray.train.ScalingConfig:
         placement_strategy="SPREAD" if scaling.num_workers > 1 else "PACK")
 
 
-def build_trainer(config: ExperimentConfig, *, storage: str, name: str,
+def build_trainer(config: RunConfig, *, storage: str, name: str,
                   callbacks: Sequence[ray.train.UserCallback] = ()) -> TorchTrainer:
     """The TorchTrainer of one run (`config` resolved, Ray connected): the data plan (resident
     or streaming) of the store, `train_worker` on every worker, checkpoints under
@@ -229,7 +229,7 @@ def build_trainer(config: ExperimentConfig, *, storage: str, name: str,
     )
 
 
-def run_experiment(config: ExperimentConfig, *, storage: str = "runs",
+def launch_run(config: RunConfig, *, storage: str = "runs",
                    name: str | None = None, resume: bool = False) -> dict[str, Any]:
     """Train `config` on Ray; returns the content of `<storage>/<name>/result.json`."""
     start = time.time()
@@ -262,7 +262,7 @@ def run_experiment(config: ExperimentConfig, *, storage: str = "runs",
     return summary
 
 
-def publish_artifacts(result: ray.train.Result, config: ExperimentConfig, storage: str,
+def publish_artifacts(result: ray.train.Result, config: RunConfig, storage: str,
                       name: str, history: list[dict[str, float]]) -> dict[str, str]:
     """TensorBoard events and a validation panel of the best checkpoint, into the run folder."""
     fs, root = storage_filesystem(storage)
@@ -278,7 +278,7 @@ def publish_artifacts(result: ray.train.Result, config: ExperimentConfig, storag
             "panel": _url(storage, f"{root}/{name}/panel_val.png")}
 
 
-def save_validation_panel(payload: dict[str, Any], config: ExperimentConfig,
+def save_validation_panel(payload: dict[str, Any], config: RunConfig,
                           path: Path) -> Path:
     """Inputs / targets / predictions / error of one validation window, physical units."""
     dataset = open_dataset(config.data.url)
@@ -326,7 +326,7 @@ def with_end_epochs(attempts: list[dict[str, Any]], epochs_done: int) -> list[di
     return [{**attempt, "end_epoch": end} for attempt, end in zip(attempts, ends, strict=True)]
 
 
-def summarize(result: ray.train.Result, config: ExperimentConfig, storage: str, name: str,
+def summarize(result: ray.train.Result, config: RunConfig, storage: str, name: str,
               wall_time: float) -> dict[str, Any]:
     if result.error is not None:
         raise result.error

@@ -24,7 +24,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from simvp_ray.analysis.experiment import MANIFEST_FILE
-from simvp_ray.config import ExperimentConfig, from_dict, override, to_dict
+from simvp_ray.config import RunConfig, from_dict, override, to_dict
 from simvp_ray.data import open_dataset
 from simvp_ray.distributed.cost import measure_cost
 from simvp_ray.distributed.trainer import (
@@ -109,7 +109,7 @@ def check_translators(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def variant_overrides(name: str, base: ExperimentConfig) -> dict[str, Any]:
+def variant_overrides(name: str, base: RunConfig) -> dict[str, Any]:
     """The config changes of one variant: a recurrent method, or a SimVP translator."""
     if name in RECURRENT_MODELS:
         return {"model.method": name}
@@ -117,13 +117,13 @@ def variant_overrides(name: str, base: ExperimentConfig) -> dict[str, Any]:
     return {**method, "model.translator": name}
 
 
-def seeds_of(base: ExperimentConfig, num_seeds: int) -> list[int]:
+def seeds_of(base: RunConfig, num_seeds: int) -> list[int]:
     if num_seeds < 1:
         raise ValueError(f"--seeds {num_seeds}: need at least 1 seed")
     return [base.train.seed + i for i in range(num_seeds)]
 
 
-def epoch_scaling_plan(base: ExperimentConfig, *, num_seeds: int = 1,
+def epoch_scaling_plan(base: RunConfig, *, num_seeds: int = 1,
                        budgets: Sequence[int] = DEFAULT_BUDGETS, **_: Any) -> ExperimentPlan:
     """The preset's epochs x each budget; onecycle / cosine are built from train.epochs, so the
     learning-rate schedule stretches to each budget."""
@@ -134,7 +134,7 @@ def epoch_scaling_plan(base: ExperimentConfig, *, num_seeds: int = 1,
     return ExperimentPlan("epoch-scaling", trials)
 
 
-def variants_plan(base: ExperimentConfig, *, num_seeds: int = 1,
+def variants_plan(base: RunConfig, *, num_seeds: int = 1,
                   translators: Sequence[str] = TRANSLATORS, **_: Any) -> ExperimentPlan:
     """Every translator (or recurrent method) under the same recipe (the base config's
     optimiser and epochs; a recurrent method's settings from model.recurrent)."""
@@ -144,7 +144,7 @@ def variants_plan(base: ExperimentConfig, *, num_seeds: int = 1,
     return ExperimentPlan("variants", trials)
 
 
-def search_plan(base: ExperimentConfig, *, num_seeds: int = 1,
+def search_plan(base: RunConfig, *, num_seeds: int = 1,
                 space: Sequence[str] = DEFAULT_SPACE, num_samples: int = 8,
                 **_: Any) -> ExperimentPlan:
     """`num_samples` draws from `space` (dotted keys, the --set mechanism), ASHA on val/mse."""
@@ -163,7 +163,7 @@ EXPERIMENTS: dict[str, Callable[..., ExperimentPlan]] = {
 }
 
 
-def build_plan(kind: str, base: ExperimentConfig, **options: Any) -> ExperimentPlan:
+def build_plan(kind: str, base: RunConfig, **options: Any) -> ExperimentPlan:
     if kind not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {kind!r}; valid: {', '.join(EXPERIMENTS)}")
     plan = EXPERIMENTS[kind](base, **options)
@@ -172,7 +172,7 @@ def build_plan(kind: str, base: ExperimentConfig, **options: Any) -> ExperimentP
     return plan
 
 
-def space_bounds(key: str, spec: str, base: ExperimentConfig) -> list[Any]:
+def space_bounds(key: str, spec: str, base: RunConfig) -> list[Any]:
     """The values of one search-space entry a trial may get at the extremes: both ends of a
     range (randint's high is excluded), every value of a choice or grid."""
     kind = spec.partition(":")[0]
@@ -182,7 +182,7 @@ def space_bounds(key: str, spec: str, base: ExperimentConfig) -> list[Any]:
     return values
 
 
-def check_trials(plan: ExperimentPlan, base: ExperimentConfig) -> None:
+def check_trials(plan: ExperimentPlan, base: RunConfig) -> None:
     """`check_plan` on every planned trial, and on each bound of a search space, before the
     first trial starts (`base` resolved): a bad trial is an error now, not hours later."""
     dataset = open_dataset(base.data.url)
@@ -199,7 +199,7 @@ def check_trials(plan: ExperimentPlan, base: ExperimentConfig) -> None:
             raise ValueError(f"{label}: {error}") from None
 
 
-def parse_space(items: Sequence[str], base: ExperimentConfig) -> dict[str, str]:
+def parse_space(items: Sequence[str], base: RunConfig) -> dict[str, str]:
     """["optim.lr=loguniform:1e-4:1e-2", ...] -> {"optim.lr": "loguniform:1e-4:1e-2"}, checked:
     every key is a config key, every value fits its field, every translator is registered."""
     space = {}
@@ -219,7 +219,7 @@ def parse_space(items: Sequence[str], base: ExperimentConfig) -> dict[str, str]:
     return space
 
 
-def space_values(key: str, spec: str, base: ExperimentConfig) -> list[Any]:
+def space_values(key: str, spec: str, base: RunConfig) -> list[Any]:
     """The typed values of one "dist:args" entry, each checked against the config."""
     kind, _, args = spec.partition(":")
     parts = args.split(":" if kind in RANGE_DISTRIBUTIONS else ",")
@@ -238,7 +238,7 @@ def space_values(key: str, spec: str, base: ExperimentConfig) -> list[Any]:
     return values
 
 
-def tune_space(space: dict[str, str], base: ExperimentConfig) -> dict[str, Any]:
+def tune_space(space: dict[str, str], base: RunConfig) -> dict[str, Any]:
     return {key: DISTRIBUTIONS[spec.partition(":")[0]](space_values(key, spec, base))
             for key, spec in space.items()}
 
@@ -256,7 +256,7 @@ def run_trial(trial_config: dict[str, Any]) -> None:
     """Tune function trainable: fit one Train run named after the trial, then summarise it."""
     spec = trial_config["spec"]
     name = tune.get_context().get_trial_name()
-    config = override(from_dict(ExperimentConfig, trial_config["base"]), spec["overrides"])
+    config = override(from_dict(RunConfig, trial_config["base"]), spec["overrides"])
     runs = trial_config["runs"]
     finished = read_json(runs, f"{name}/{RESULT_FILE}")
     if finished is not None:
@@ -286,7 +286,7 @@ def read_json(storage: str, relative: str) -> dict[str, Any] | None:
 # The driver
 
 
-def trial_cpus(config: ExperimentConfig) -> float:
+def trial_cpus(config: RunConfig) -> float:
     return TRIAL_CPUS + config.scaling.num_workers * config.scaling.cpus_per_worker
 
 
@@ -294,7 +294,7 @@ def trainable() -> Any:
     return tune.with_resources(run_trial, {"cpu": TRIAL_CPUS})
 
 
-def tune_config(plan: ExperimentPlan, base: ExperimentConfig,
+def tune_config(plan: ExperimentPlan, base: RunConfig,
                 max_concurrent: int) -> tune.TuneConfig:
     scheduler = None
     if plan.kind == "search":
@@ -313,7 +313,7 @@ def storage_root(storage: str) -> str:
     return storage.rstrip("/") if "://" in storage else str(Path(storage).resolve())
 
 
-def run_tune(kind: str, base: ExperimentConfig, *, storage: str = "runs",
+def run_tune(kind: str, base: RunConfig, *, storage: str = "runs",
              name: str | None = None, max_concurrent: int = 0, resume: bool = False,
              **options: Any) -> dict[str, Any]:
     """Run (or with `resume`, continue) an experiment; returns its URL and trial counts.
@@ -332,7 +332,7 @@ def run_tune(kind: str, base: ExperimentConfig, *, storage: str = "runs",
                          f"(no {MANIFEST_FILE} in {url})")
     if resume:
         # the stored plan wins: a restored experiment is the one that was started
-        base = from_dict(ExperimentConfig, manifest["base"])
+        base = from_dict(RunConfig, manifest["base"])
         plan = ExperimentPlan(manifest["kind"], [TrialSpec(**t) for t in manifest["trials"]],
                               manifest["space"], manifest["num_samples"])
     else:
@@ -372,7 +372,7 @@ def run_tune(kind: str, base: ExperimentConfig, *, storage: str = "runs",
             "errors": statuses.count(False)}
 
 
-def write_manifest(url: str, plan: ExperimentPlan, base: ExperimentConfig) -> None:
+def write_manifest(url: str, plan: ExperimentPlan, base: RunConfig) -> None:
     fs, root = storage_filesystem(url)
     fs.create_dir(root, recursive=True)
     manifest = {"kind": plan.kind, "metric": METRIC, "base": to_dict(base),

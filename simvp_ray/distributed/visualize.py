@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from simvp_ray.analysis.panels import plot_forecast_panel, save_forecast_gif
-from simvp_ray.config import ExperimentConfig, from_dict
+from simvp_ray.config import RunConfig, from_dict
 from simvp_ray.data import open_dataset
 from simvp_ray.data.forecasts import is_forecast_store, open_forecasts, parse_time
 from simvp_ray.distributed.batch_inference import fetch_checkpoint, open_checked
@@ -47,7 +47,7 @@ def forecast_store_sample(url: str, init: str | None, data: str | None) -> dict[
             raise ValueError(f"{url}: no forecast initialised at {init}; forecasts run "
                              f"{store.time[0]} .. {store.time[-1]} every "
                              f"{store.attrs['time_step']} {store.attrs['time_unit']}")
-    config = from_dict(ExperimentConfig, forecasts.info["request"]["config"])
+    config = from_dict(RunConfig, forecasts.info["request"]["config"])
     source = open_dataset(data or forecasts.info["source_store"])
     picked = [source.channels.index(name) for name in forecasts.variables]
     step = int(np.searchsorted(source.time, store.time[index]))

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from ray.train.v2._internal.execution import context as train_context
 from ray.train.v2._internal.execution import storage as train_storage
 
-from simvp_ray.config import ExperimentConfig, from_dict
+from simvp_ray.config import RunConfig, from_dict
 from simvp_ray.data.ray_data import WindowFeed
 from simvp_ray.plan import per_worker_batch_size
 from simvp_ray.reporting import data_fault, one_line
@@ -71,7 +71,7 @@ def quiet_train_logs() -> None:
 
 def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     """`train_loop_per_worker` of the TorchTrainer; `loop_config` comes from `trainer.py`."""
-    config = from_dict(ExperimentConfig, loop_config["config"])
+    config = from_dict(RunConfig, loop_config["config"])
     quiet_train_logs()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from simvp_ray.config import ExperimentConfig
+from simvp_ray.config import RunConfig
 from simvp_ray.models.profile import profile
 
 
-def cost_rows(configs: Iterable[ExperimentConfig], measure: bool = True, batch_size: int = 4,
+def cost_rows(configs: Iterable[RunConfig], measure: bool = True, batch_size: int = 4,
               iters: int = 3) -> list[dict]:
     rows = []
     for config in configs:

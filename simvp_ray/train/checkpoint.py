@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from simvp_ray.config import ExperimentConfig, from_dict, to_dict
+from simvp_ray.config import RunConfig, from_dict, to_dict
 
 FORMAT = "simvp_ray-checkpoint/1"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -46,7 +46,7 @@ def _as_tuple(value: Any) -> Any:
 
 def save_checkpoint(folder: str | Path, *, model_state: dict[str, torch.Tensor],
                     optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int,
-                    global_step: int, config: ExperimentConfig,
+                    global_step: int, config: RunConfig,
                     history: list[dict[str, float]],
                     method_state: dict[str, Any] | None = None) -> Path:
     """Write the checkpoint folder; returns it. `method_state`: the training method's sampler
@@ -94,7 +94,7 @@ def load_run_record(folder: str | Path) -> dict[str, Any]:
 
 def load_checkpoint(folder: str | Path, map_location: str | torch.device = "cpu"
                     ) -> dict[str, Any]:
-    """The checkpoint payload with `config` parsed to an ExperimentConfig; ValueError if bad."""
+    """The checkpoint payload with `config` parsed to an RunConfig; ValueError if bad."""
     path = Path(folder)
     path = path / CHECKPOINT_FILE if path.is_dir() else path
     if not path.exists():
@@ -108,5 +108,5 @@ def load_checkpoint(folder: str | Path, map_location: str | torch.device = "cpu"
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path} is not a simvp_ray checkpoint (format {found!r}, expected "
                          f"{FORMAT!r})")
-    payload["config"] = from_dict(ExperimentConfig, json.loads(payload["config"]))
+    payload["config"] = from_dict(RunConfig, json.loads(payload["config"]))
     return payload

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from simvp_ray.config import ExperimentConfig
+from simvp_ray.config import RunConfig
 from simvp_ray.data import Dataset, denormalize, read_windows, window_starts
 from simvp_ray.models import build_model
 from simvp_ray.models.openstl import load_checked
@@ -32,7 +32,7 @@ def predict_numpy(model: torch.nn.Module, x: np.ndarray, batch_size: int = 32) -
     return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 
 
-def forecast_window(payload: dict[str, Any], config: ExperimentConfig, dataset: Dataset,
+def forecast_window(payload: dict[str, Any], config: RunConfig, dataset: Dataset,
                     channels: list[str], split: str = "val", index: int | None = None
                     ) -> dict[str, Any]:
     """One window of `split` (default: the middle one) and the checkpoint's forecast of it, in

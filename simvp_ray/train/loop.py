@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from simvp_ray.config import ExperimentConfig
+from simvp_ray.config import RunConfig
 from simvp_ray.models import build_model, to_openstl_state_dict
 from simvp_ray.models.openstl import load_checked
 from simvp_ray.models.profile import count_flops
@@ -78,7 +78,7 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/inf loss; earlier checkpoints are untouched."""
 
 
-def speed_options(config: ExperimentConfig) -> SpeedOptions:
+def speed_options(config: RunConfig) -> SpeedOptions:
     return SpeedOptions(channels_last=config.train.channels_last, compile=config.train.compile,
                         precision=config.train.precision)
 
@@ -142,7 +142,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable[Batch], runtime: Runtime,
     return metrics
 
 
-def run_training(config: ExperimentConfig, runtime: Runtime) -> dict[str, float]:
+def run_training(config: RunConfig, runtime: Runtime) -> dict[str, float]:
     """Train for config.train.epochs (from the resume point); returns the last epoch's metrics."""
     options = speed_options(config)
     if options.precision == "bf16" and not bf16_supported(runtime.device):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from simvp_ray.config import DataConfig, ExperimentConfig, ModelConfig, RecurrentConfig
+from simvp_ray.config import DataConfig, ModelConfig, RecurrentConfig, RunConfig
 from simvp_ray.models import build_model
 from simvp_ray.models.recurrent.build import (
     CARRIED_STATE_METHODS,
@@ -83,7 +83,7 @@ def teacher_forcing_ratio(epoch: int) -> float:
 class SimVPMethod:
     """SimVP / SimVPv2: plain MSE, or TAU's MSE + differential divergence."""
 
-    def __init__(self, config: ExperimentConfig):
+    def __init__(self, config: RunConfig):
         self.loss_fn = build_loss(config.train.loss, config.train.tau_alpha)
 
     def wrap(self, model: nn.Module) -> nn.Module:
@@ -121,7 +121,7 @@ class TrainingForward(nn.Module):
 class RecurrentMethod:
     """OpenSTL's RNN methods: a sampling mask per step, the model's own training loss."""
 
-    def __init__(self, config: ExperimentConfig, rank: int = 0):
+    def __init__(self, config: RunConfig, rank: int = 0):
         check_method(config.model, config.data)
         self.model_config = config.model
         self.rnn = config.model.recurrent
@@ -208,7 +208,7 @@ def check_constant_batch(method: str, data: DataConfig, world_sizes: tuple[int, 
 METHODS: dict[str, Callable[..., Any]] = {"simvp": lambda config, rank: SimVPMethod(config)}
 
 
-def build_method(config: ExperimentConfig, rank: int = 0) -> SimVPMethod | RecurrentMethod:
+def build_method(config: RunConfig, rank: int = 0) -> SimVPMethod | RecurrentMethod:
     """The training method `config.model.method` names (every recurrent one shares one)."""
     factory = METHODS.get(config.model.method, RecurrentMethod)
     return factory(config, rank)

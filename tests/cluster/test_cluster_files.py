@@ -286,7 +286,7 @@ def test_documented_train_commands_parse_with_the_real_cli(monkeypatch):
     assert {f for f, _ in commands} >= set(LAUNCHER) | set(KUBERAY) | {"README.md"}
     job = load_job("train")
     seen = []
-    monkeypatch.setattr(job, "run_experiment", lambda config, **kw: seen.append((config, kw)))
+    monkeypatch.setattr(job, "launch_run", lambda config, **kw: seen.append((config, kw)))
     monkeypatch.setattr(job, "format_summary", lambda summary: "")
     for where, argv in commands:
         assert job.main(argv) == 0, (where, argv)  # unknown flags / keys / presets fail here

@@ -16,7 +16,7 @@ from helpers import load_job
 from local_cluster import kill_driver_when
 
 from simvp_ray.analysis.experiment import FINISHED, STOPPED, load_experiment, summary_table
-from simvp_ray.config import ExperimentConfig, from_dict
+from simvp_ray.config import RunConfig, from_dict
 from simvp_ray.train.optim import build_scheduler
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -89,7 +89,7 @@ def test_epoch_scaling_stretches_the_schedule_to_each_budget(local_ray, small_st
     for name, epochs in (("x1-s0", 1), ("x2-s0", 2)):
         result = json.loads((runs / name / "result.json").read_text())
         # each epoch's last learning rate is that of one onecycle over the trial's budget
-        optim = from_dict(ExperimentConfig, result["config"]).optim
+        optim = from_dict(RunConfig, result["config"]).optim
         optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=optim.lr)
         scheduler = build_scheduler(optimizer, optim, epochs, steps_per_epoch=4)
         for row in result["history"]:

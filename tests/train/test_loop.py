@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from simvp_ray.config import ExperimentConfig, override
+from simvp_ray.config import RunConfig, override
 from simvp_ray.presets import get_preset
 from simvp_ray.train.checkpoint import load_checkpoint
 from simvp_ray.train.loop import NonFiniteLossError, Runtime, run_training
@@ -26,7 +26,7 @@ def moving_wave_windows(num: int, seed: int = 0) -> dict[str, np.ndarray]:
     return {"x": frames[:, :4], "y": frames[:, 4:]}
 
 
-def tiny_config(epochs: int = 3) -> ExperimentConfig:
+def tiny_config(epochs: int = 3) -> RunConfig:
     config = get_preset("demo")
     return override(config, {"model.channels": 1, "model.height": 16, "model.width": 16,
                              "model.translator_channels": 32, "train.epochs": epochs,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import shared_file
 
-from simvp_ray.config import ExperimentConfig, RecurrentConfig, override
+from simvp_ray.config import RecurrentConfig, RunConfig, override
 from simvp_ray.models import build_model
 from simvp_ray.models.recurrent import RECURRENT_MODELS
 from simvp_ray.presets import get_preset
@@ -73,7 +73,7 @@ def test_phydnet_teacher_forcing_ratio():
     assert teacher_forcing_ratio(199) == pytest.approx(0.403)
 
 
-def rnn_config(method: str = "convlstm", epochs: int = 3, **recurrent) -> ExperimentConfig:
+def rnn_config(method: str = "convlstm", epochs: int = 3, **recurrent) -> RunConfig:
     changes = {"model.method": method, "model.in_frames": 4, "model.out_frames": 4,
                "model.channels": 1, "model.height": 16, "model.width": 16,
                "model.recurrent.num_hidden": "8,8", "model.recurrent.filter_size": 3,
