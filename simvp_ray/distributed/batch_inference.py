@@ -18,7 +18,13 @@ from simvp_ray.config import RunConfig, override
 from simvp_ray.data import open_dataset
 from simvp_ray.data.store import Dataset
 from simvp_ray.distributed.trainer import RESULT_FILE, storage_filesystem
-from simvp_ray.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from simvp_ray.train.checkpoint import (
+    CHECKPOINT_FILE,
+    CheckpointPayload,
+    FetchedCheckpoint,
+    ModelState,
+    load_checkpoint,
+)
 from simvp_ray.train.inference import model_from_checkpoint
 
 READ_BYTES = 8 << 20
@@ -44,10 +50,10 @@ def resolve_run(url: str) -> str:
     return url
 
 
-def fetch_checkpoint(url: str) -> dict[str, Any]:
+def fetch_checkpoint(url: str) -> FetchedCheckpoint:
     """`load_checkpoint` of a checkpoint folder (or its checkpoint.pt, or a run folder: its best
-    checkpoint) at a local path or a pyarrow-readable URL (s3://, gs://), plus `sha256` of
-    checkpoint.pt and `url` (the checkpoint's)."""
+    checkpoint) at a local path or a pyarrow-readable URL (s3://, gs://), with the `sha256` of
+    checkpoint.pt and the checkpoint's `url`."""
     try:
         url = resolve_run(str(url))
     except OSError as error:  # e.g. a missing bucket or no credentials
@@ -56,8 +62,7 @@ def fetch_checkpoint(url: str) -> dict[str, Any]:
     if fs.get_file_info(path).type == pyarrow.fs.FileType.Directory:
         path = f"{path.rstrip('/')}/{CHECKPOINT_FILE}"
     if isinstance(fs, pyarrow.fs.LocalFileSystem):
-        payload = load_checkpoint(path)
-        payload["sha256"] = _sha256(Path(path))
+        payload, sha256 = load_checkpoint(path), _sha256(Path(path))
     else:
         if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
             raise ValueError(f"no checkpoint at {url} (expected a checkpoint folder holding "
@@ -67,19 +72,17 @@ def fetch_checkpoint(url: str) -> dict[str, Any]:
             with fs.open_input_stream(path) as source, open(local, "wb") as target:
                 while block := source.read(READ_BYTES):
                     target.write(block)
-            payload = load_checkpoint(local)
-            payload["sha256"] = _sha256(local)
-    payload["url"] = url
-    return payload
+            payload, sha256 = load_checkpoint(local), _sha256(local)
+    return FetchedCheckpoint(payload, url, sha256)
 
 
-def config_for_data(payload: dict[str, Any], data_url: str | None) -> RunConfig:
+def config_for_data(fetched: FetchedCheckpoint, data_url: str | None) -> RunConfig:
     """The checkpoint's config, reading `data_url` instead of its own store when given."""
-    config = payload["config"]
+    config = fetched.payload.config
     if data_url:
         config = override(config, {"data.url": data_url})
     if not config.data.url:
-        raise ValueError(f"checkpoint {payload['url']} names no data store (it trained on the "
+        raise ValueError(f"checkpoint {fetched.url} names no data store (it trained on the "
                          "embedded synthetic data): pass --data <store URL>")
     return config
 
@@ -102,24 +105,24 @@ def check_data_fits(config: RunConfig, dataset: Dataset) -> list[str]:
     return names
 
 
-def open_checked(payload: dict[str, Any], data_url: str | None
+def open_checked(fetched: FetchedCheckpoint, data_url: str | None
                  ) -> tuple[RunConfig, Dataset, list[str]]:
     """(config reading the store, the opened store, channel names), checked against each other."""
-    config = config_for_data(payload, data_url)
+    config = config_for_data(fetched, data_url)
     dataset = open_dataset(config.data.url)
     return config, dataset, check_data_fits(config, dataset)
 
 
-def model_state(payload: dict[str, Any]) -> dict[str, Any]:
+def model_state(payload: CheckpointPayload) -> ModelState:
     """What a model actor needs from a checkpoint (no optimiser state): small to ship."""
-    return {"config": payload["config"], "model": payload["model"]}
+    return ModelState(payload.config, payload.model)
 
 
 def actor_device(use_gpu: bool) -> torch.device:
     return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
 
 
-def load_model(state: dict[str, Any], use_gpu: bool) -> torch.nn.Module:
+def load_model(state: ModelState, use_gpu: bool) -> torch.nn.Module:
     return model_from_checkpoint(state, actor_device(use_gpu))
 
 

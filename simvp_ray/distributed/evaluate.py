@@ -44,6 +44,7 @@ from simvp_ray.distributed.cost import measure_cost
 from simvp_ray.distributed.trainer import ensure_ray, quiet_ray_data
 from simvp_ray.progress import Progress
 from simvp_ray.reporting import data_faults_raised_plain
+from simvp_ray.train.checkpoint import ModelState
 from simvp_ray.train.loop import speed_options
 from simvp_ray.train.metrics import (
     MetricAccumulator,
@@ -96,10 +97,10 @@ def window_climatology(setup: dict[str, Any], t0: np.ndarray | None, batch_size:
 class WindowScorer:
     """map_batches actor: {"x", "y"} windows -> the metric sums of each forecast, one row."""
 
-    def __init__(self, state: dict[str, Any], setup: dict[str, Any], use_gpu: bool) -> None:
+    def __init__(self, state: ModelState, setup: dict[str, Any], use_gpu: bool) -> None:
         self.model = load_model(state, use_gpu)
         self.device = next(self.model.parameters()).device
-        self.options = speed_options(state["config"])
+        self.options = speed_options(state.config)
         self.setup = setup
         # OpenSTL's protocol: x -> x * a + b turns training-normalised into period-normalised
         self.renorm = None if setup["renorm"] is None else [
@@ -180,8 +181,8 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
     """Evaluate `checkpoint` on `split` of its store (or `data`); writes metrics.json and
     metrics.md under `out` when given (a local folder or URL). Returns the metrics dict.
     protocol: "default" or "openstl"; climatology: "auto", "day_of_year" or "train_mean"."""
-    payload = fetch_checkpoint(checkpoint)
-    config, dataset, names = open_checked(payload, data)
+    fetched = fetch_checkpoint(checkpoint)
+    config, dataset, names = open_checked(fetched, data)
     if split not in dataset.splits:
         raise ValueError(f"{dataset.url}: no split {split!r}; valid: {sorted(dataset.splits)}")
     inputs, denorm = protocol_stats(dataset, split, names, protocol)
@@ -207,7 +208,7 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
         **climatology_setup(dataset, names, split, clim_kind, inputs, target - target[0]),
     }
     scored = windows.map_batches(
-        WindowScorer, fn_constructor_kwargs={"state": model_state(payload), "setup": setup,
+        WindowScorer, fn_constructor_kwargs={"state": model_state(fetched.payload), "setup": setup,
                                              "use_gpu": use_gpu},
         batch_size=batch_size or config.data.val_batch_size, batch_format="numpy",
         **actor_options(num_actors, use_gpu))
@@ -219,8 +220,8 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
                 totals[key] = totals.get(key, 0) + values.sum(axis=0)
             progress.add(int(batch["windows"].sum()))
     results: dict[str, Any] = {
-        "checkpoint": payload["url"], "checkpoint_sha256": payload["sha256"],
-        "epoch": payload["epoch"], "data": config.data.url, "split": split,
+        "checkpoint": fetched.url, "checkpoint_sha256": fetched.sha256,
+        "epoch": fetched.payload.epoch, "data": config.data.url, "split": split,
         "windows": int(totals["windows"]), "channels": names,
         "units": [dataset.units[dataset.channels.index(name)] for name in names],
         "out_frames": config.model.out_frames,

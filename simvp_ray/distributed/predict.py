@@ -33,6 +33,7 @@ from simvp_ray.distributed.batch_inference import (
 from simvp_ray.distributed.trainer import ensure_ray, quiet_ray_data
 from simvp_ray.progress import Progress
 from simvp_ray.reporting import data_faults_raised_plain
+from simvp_ray.train.checkpoint import ModelState
 from simvp_ray.train.inference import predict_numpy
 
 
@@ -49,11 +50,11 @@ def input_and_lead_steps(config) -> tuple[np.ndarray, np.ndarray]:
 class ChunkForecaster:
     """map_batches actor: {"chunk": ids} -> writes each chunk's forecasts, returns counts."""
 
-    def __init__(self, state: dict[str, Any], store_url: str, source_url: str,
+    def __init__(self, state: ModelState, store_url: str, source_url: str,
                  channels: list[str], init_steps: list[int], use_gpu: bool,
                  batch_size: int) -> None:
         self.model = load_model(state, use_gpu)
-        self.config = state["config"]
+        self.config = state.config
         self.store = ForecastStore(store_url)
         self.source = open_dataset(source_url)
         self.channels = channels
@@ -88,13 +89,13 @@ def run_prediction(checkpoint: str, *, start: str, end: str, out: str, data: str
                    use_gpu: bool = False, batch_size: int = 32) -> dict[str, Any]:
     """Forecasts of every init time in [start, end] (every `every`-th step) into the forecast
     store `out`; returns a summary (chunks written and skipped, forecasts made)."""
-    payload = fetch_checkpoint(checkpoint)
-    config, dataset, names = open_checked(payload, data)
+    fetched = fetch_checkpoint(checkpoint)
+    config, dataset, names = open_checked(fetched, data)
     inputs, leads = input_and_lead_steps(config)
     init_steps = init_indices(dataset, start, end, inputs, every)
     request = {
-        "checkpoint": payload["url"], "checkpoint_sha256": payload["sha256"],
-        "checkpoint_epoch": payload["epoch"], "config": to_dict(config),
+        "checkpoint": fetched.url, "checkpoint_sha256": fetched.sha256,
+        "checkpoint_epoch": fetched.payload.epoch, "config": to_dict(config),
         "source": dataset.url, "channels": names,
         "init_start": str(dataset.time[init_steps[0]]),
         "init_end": str(dataset.time[init_steps[-1]]), "every": every,
@@ -109,7 +110,7 @@ def run_prediction(checkpoint: str, *, start: str, end: str, out: str, data: str
         chunks = ray.data.from_items([{"chunk": chunk} for chunk in pending])
         written = chunks.map_batches(
             ChunkForecaster, fn_constructor_kwargs={
-                "state": model_state(payload), "store_url": out, "source_url": dataset.url,
+                "state": model_state(fetched.payload), "store_url": out, "source_url": dataset.url,
                 "channels": names, "init_steps": init_steps.tolist(), "use_gpu": use_gpu,
                 "batch_size": batch_size},
             batch_size=1, batch_format="numpy", **actor_options(num_actors, use_gpu))

@@ -32,7 +32,12 @@ from simvp_ray.data.ray_data import check_windows, plan_data
 from simvp_ray.data.synthetic import write_synthetic
 from simvp_ray.distributed.worker import STOPPED, train_worker
 from simvp_ray.plan import check_plan, store_fingerprint
-from simvp_ray.train.checkpoint import STORE_FILE, load_checkpoint, load_run_record
+from simvp_ray.train.checkpoint import (
+    STORE_FILE,
+    CheckpointPayload,
+    load_checkpoint,
+    load_run_record,
+)
 from simvp_ray.train.inference import forecast_window
 from simvp_ray.train.methods import check_method
 
@@ -278,7 +283,7 @@ def publish_artifacts(result: ray.train.Result, config: RunConfig, storage: str,
             "panel": _url(storage, f"{root}/{name}/panel_val.png")}
 
 
-def save_validation_panel(payload: dict[str, Any], config: RunConfig,
+def save_validation_panel(payload: CheckpointPayload, config: RunConfig,
                           path: Path) -> Path:
     """Inputs / targets / predictions / error of one validation window, physical units."""
     dataset = open_dataset(config.data.url)
@@ -287,7 +292,7 @@ def save_validation_panel(payload: dict[str, Any], config: RunConfig,
     return plot_forecast_panel(
         sample["x"], sample["y"], sample["pred"], path, channel_name=names[0],
         units=dataset.units[dataset.channels.index(names[0])],
-        title=f"{config.name}: validation window, epoch {payload['epoch'] + 1}, {names[0]}")
+        title=f"{config.name}: validation window, epoch {payload.epoch + 1}, {names[0]}")
 
 
 def _ray_storage(storage: str) -> str:

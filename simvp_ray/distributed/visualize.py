@@ -65,14 +65,14 @@ def forecast_store_sample(url: str, init: str | None, data: str | None) -> dict[
 def checkpoint_sample(url: str, split: str, index: int | None, data: str | None
                       ) -> dict[str, Any]:
     """One window of a split (default: the middle one) and the checkpoint's forecast of it."""
-    payload = fetch_checkpoint(url)
-    config, dataset, names = open_checked(payload, data)
-    sample = forecast_window(payload, config, dataset, names, split, index)
+    fetched = fetch_checkpoint(url)
+    config, dataset, names = open_checked(fetched, data)
+    sample = forecast_window(fetched.payload, config, dataset, names, split, index)
     return {**sample, "channels": names,
             "units": [dataset.units[dataset.channels.index(name)] for name in names],
             "lat": dataset.lat, "lon": dataset.lon,
             "label": f"{split} window {sample['index']}, starting "
-                     f"{dataset.time[sample['start']]}, epoch {payload['epoch'] + 1}"}
+                     f"{dataset.time[sample['start']]}, epoch {fetched.payload.epoch + 1}"}
 
 
 def render_pictures(url: str, out: str | Path, *, init: str | None = None, split: str = "val",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,12 @@ from simvp_ray.config import RunConfig, from_dict
 from simvp_ray.data.ray_data import WindowFeed
 from simvp_ray.plan import per_worker_batch_size
 from simvp_ray.reporting import data_fault, one_line
-from simvp_ray.train.checkpoint import load_checkpoint, load_run_record, save_run_record
+from simvp_ray.train.checkpoint import (
+    CheckpointPayload,
+    load_checkpoint,
+    load_run_record,
+    save_run_record,
+)
 from simvp_ray.train.loop import NonFiniteLossError, Runtime, run_training
 
 STOPPED = "stopped"  # key of the return value when training stopped on a non-finite loss
@@ -35,28 +41,39 @@ def _all_reduce_sum(tensor: torch.Tensor) -> None:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
 
-def _resume_payload() -> dict[str, Any] | None:
+@dataclass(frozen=True, eq=False)
+class ResumePoint:
+    """Where a (re)started worker group continues: the run's latest checkpoint, the attempts
+    its run record lists so far, and the checkpoint's storage path."""
+
+    payload: CheckpointPayload
+    attempts: list[dict[str, Any]]
+    path: str
+
+
+def _resume_point() -> ResumePoint | None:
     """The latest checkpoint of this run (None on a fresh start), with its run record and
     where it lies. Non-None also when Ray restarted the worker group after a failure."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        return {**load_checkpoint(folder), **load_run_record(folder), "path": checkpoint.path}
+        return ResumePoint(load_checkpoint(folder), load_run_record(folder)["attempts"],
+                           checkpoint.path)
 
 
-def new_attempt(resume: dict[str, Any] | None, fit_id: str, world: int) -> list[dict[str, Any]]:
+def new_attempt(resume: ResumePoint | None, fit_id: str, world: int) -> list[dict[str, Any]]:
     """The attempts so far plus this one. A checkpoint written under the same `fit_id` means
     Ray restarted the worker group within one fit (a lost worker or node); another fit's
     means the driver was started again with --resume."""
-    attempts = list(resume["attempts"]) if resume else []
+    attempts = list(resume.attempts) if resume else []
     if resume is None:
         reason = "first start"
     elif attempts and attempts[-1].get("fit") == fit_id:
         reason = "worker group restarted by Ray Train after a failure"
     else:
         reason = "run resumed by the driver (--resume)"
-    attempts.append({"attempt": len(attempts) + 1, "start_epoch": resume["epoch"] + 1
+    attempts.append({"attempt": len(attempts) + 1, "start_epoch": resume.payload.epoch + 1
                      if resume else 0, "world_size": world, "reason": reason, "fit": fit_id,
                      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return attempts
@@ -87,10 +104,10 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     print(f"worker rank {rank}/{world} on node {ray.get_runtime_context().get_node_id()}, "
           f"device {device}, {torch.get_num_threads()} threads, per-worker batch {batch}, "
           f"{loop_config['data_plan']['mode']} data", flush=True)
-    resume = _resume_payload()
+    resume = _resume_point()
     attempts = new_attempt(resume, loop_config["fit_id"], world)
     if resume is not None and rank == 0:
-        print(f"resumed from epoch {attempts[-1]['start_epoch']} (checkpoint {resume['path']}):"
+        print(f"resumed from epoch {attempts[-1]['start_epoch']} (checkpoint {resume.path}):"
               f" attempt {len(attempts)}, {attempts[-1]['reason']}, world size {world}",
               flush=True)
 
@@ -120,7 +137,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
             rank=rank,
             world_size=world,
             wrap_model=lambda model: ray.train.torch.prepare_model(model, move_to_device=False),
-            all_reduce=_all_reduce_sum, resume=resume,
+            all_reduce=_all_reduce_sum, resume=resume.payload if resume else None,
             log=lambda line: print(line, flush=True))  # worker stdout is a file: flush
         try:
             return run_training(config, runtime)

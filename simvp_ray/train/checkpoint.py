@@ -1,14 +1,16 @@
 """Self-describing checkpoint folders: `checkpoint.pt` (weights_only-loadable) + `config.json`.
 
-`checkpoint.pt` holds the model (OpenSTL key names), optimiser, scheduler, epoch, global step,
-RNG states, every epoch's metrics and the experiment config as JSON, so a checkpoint alone
-rebuilds its model and its run's curves.
+`checkpoint.pt` holds a `CheckpointPayload`: the model (OpenSTL key names), optimiser,
+scheduler, epoch, global step, RNG states, every epoch's metrics and the run config as JSON, so a
+checkpoint alone rebuilds its model and its run's curves.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,76 @@ HISTORY_FILE = "history.json"  # per-epoch metrics up to this checkpoint, for to
 # (start epoch, world size, why it started) and the fingerprint of the store it trained on
 ATTEMPTS_FILE = "attempts.json"
 STORE_FILE = "store.json"
+
+
+# eq=False: the fields hold tensors, which have no truth value to compare with
+@dataclass(frozen=True, eq=False)
+class CheckpointPayload:
+    """What `checkpoint.pt` holds, typed. `to_dict` is exactly what `torch.save` writes (the
+    config as JSON text, beside FORMAT); `from_dict` reads it back, naming a missing field."""
+
+    # in the order the file has always held them
+    model: dict[str, torch.Tensor]  # OpenSTL key names
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    epoch: int  # the last finished epoch (0-based)
+    global_step: int
+    rng: dict[str, Any]  # `rng_state()`
+    config: RunConfig  # written as JSON text
+    history: list[dict[str, float]]  # every epoch's metrics up to this one
+    # the training method's sampler state (simvp_ray.train.methods); format-1 checkpoints
+    # written before training methods existed lack it, and their method starts fresh
+    method: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"format": FORMAT}
+        for name in _FIELDS:
+            data[name] = getattr(self, name)
+        data["config"] = json.dumps(to_dict(self.config))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str | Path = "checkpoint") -> CheckpointPayload:
+        """Inverse of `to_dict`; ValueError naming `source` for a foreign, incomplete or
+        newer payload."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{source} is not a simvp_ray checkpoint (format {found!r}, "
+                             f"expected {FORMAT!r})")
+        optional = {"method"}
+        missing = [name for name in _FIELDS if name not in data and name not in optional]
+        if missing:
+            raise ValueError(f"{source}: checkpoint lacks field(s) {missing} (format {FORMAT} "
+                             f"has {', '.join(_FIELDS)})")
+        unknown = sorted(set(data) - set(_FIELDS) - {"format"})
+        if unknown:
+            raise ValueError(f"{source}: checkpoint has unknown field(s) {unknown} (format "
+                             f"{FORMAT} has {', '.join(_FIELDS)})")
+        values = {name: data[name] for name in _FIELDS if name in data}
+        values["config"] = from_dict(RunConfig, json.loads(data["config"]))
+        return cls(**values)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(CheckpointPayload))
+
+
+@dataclass(frozen=True, eq=False)
+class ModelState:
+    """What rebuilds a trained model (config and weights, no optimiser state): small to ship
+    to model actors."""
+
+    config: RunConfig
+    model: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True, eq=False)
+class FetchedCheckpoint:
+    """A checkpoint read from storage, with where it lies (the checkpoint folder's URL) and
+    the sha256 of its checkpoint.pt, which evaluations and forecasts record."""
+
+    payload: CheckpointPayload
+    url: str
+    sha256: str
 
 
 def rng_state() -> dict[str, Any]:
@@ -53,25 +125,17 @@ def save_checkpoint(folder: str | Path, *, model_state: dict[str, torch.Tensor],
     state (simvp_ray.train.methods), so a resumed run draws the masks an uninterrupted one does."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config_dict = to_dict(config)
-    payload = {
-        "format": FORMAT,
-        "model": model_state,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "epoch": epoch,
-        "global_step": global_step,
-        "rng": rng_state(),
-        "config": json.dumps(config_dict),
-        "history": [{k: float(v) for k, v in row.items()} for row in history],  # every epoch
-        "method": dict(method_state or {}),
-    }
+    payload = CheckpointPayload(
+        config=config, model=model_state, optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(), epoch=epoch, global_step=global_step, rng=rng_state(),
+        history=[{k: float(v) for k, v in row.items()} for row in history],  # every epoch
+        method=dict(method_state or {}))
     # write then rename, so a crash never leaves a truncated checkpoint under the real name
     partial = folder / (CHECKPOINT_FILE + ".partial")
-    torch.save(payload, partial)
+    torch.save(payload.to_dict(), partial)
     partial.replace(folder / CHECKPOINT_FILE)
-    (folder / CONFIG_FILE).write_text(json.dumps(config_dict, indent=2))
-    (folder / HISTORY_FILE).write_text(json.dumps(payload["history"]))
+    (folder / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2))
+    (folder / HISTORY_FILE).write_text(json.dumps(payload.history))
     return folder
 
 
@@ -93,8 +157,8 @@ def load_run_record(folder: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(folder: str | Path, map_location: str | torch.device = "cpu"
-                    ) -> dict[str, Any]:
-    """The checkpoint payload with `config` parsed to an RunConfig; ValueError if bad."""
+                    ) -> CheckpointPayload:
+    """The payload of a checkpoint folder (or its checkpoint.pt); ValueError if bad."""
     path = Path(folder)
     path = path / CHECKPOINT_FILE if path.is_dir() else path
     if not path.exists():
@@ -104,9 +168,4 @@ def load_checkpoint(folder: str | Path, map_location: str | torch.device = "cpu"
     except Exception as error:  # torch raises several types for truncated / foreign files
         raise ValueError(f"{path} is not a readable checkpoint (truncated or not a torch "
                          f"file?): {error}") from error
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{path} is not a simvp_ray checkpoint (format {found!r}, expected "
-                         f"{FORMAT!r})")
-    payload["config"] = from_dict(RunConfig, json.loads(payload["config"]))
-    return payload
+    return CheckpointPayload.from_dict(payload, source=path)

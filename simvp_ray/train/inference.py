@@ -11,13 +11,15 @@ from simvp_ray.config import RunConfig
 from simvp_ray.data import Dataset, denormalize, read_windows, window_starts
 from simvp_ray.models import build_model
 from simvp_ray.models.openstl import load_checked
+from simvp_ray.train.checkpoint import CheckpointPayload, ModelState
 
 
-def model_from_checkpoint(payload: dict[str, Any], device: str | torch.device = "cpu"
-                          ) -> torch.nn.Module:
-    """The eval-mode model a `load_checkpoint` payload describes, with its weights."""
-    model = build_model(payload["config"].model)
-    load_checked(model, payload["model"])
+def model_from_checkpoint(payload: CheckpointPayload | ModelState,
+                          device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The eval-mode model a checkpoint payload (or its `ModelState`) describes, with its
+    weights."""
+    model = build_model(payload.config.model)
+    load_checked(model, payload.model)
     return model.to(device).eval()
 
 
@@ -32,7 +34,7 @@ def predict_numpy(model: torch.nn.Module, x: np.ndarray, batch_size: int = 32) -
     return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 
 
-def forecast_window(payload: dict[str, Any], config: RunConfig, dataset: Dataset,
+def forecast_window(payload: CheckpointPayload | ModelState, config: RunConfig, dataset: Dataset,
                     channels: list[str], split: str = "val", index: int | None = None
                     ) -> dict[str, Any]:
     """One window of `split` (default: the middle one) and the checkpoint's forecast of it, in

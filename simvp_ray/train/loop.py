@@ -22,7 +22,7 @@ from simvp_ray.config import RunConfig
 from simvp_ray.models import build_model, to_openstl_state_dict
 from simvp_ray.models.openstl import load_checked
 from simvp_ray.models.profile import count_flops
-from simvp_ray.train.checkpoint import save_checkpoint, set_rng_state
+from simvp_ray.train.checkpoint import CheckpointPayload, save_checkpoint, set_rng_state
 from simvp_ray.train.methods import build_method
 from simvp_ray.train.metrics import MetricAccumulator, latitude_weights, persistence_forecast
 from simvp_ray.train.optim import build_optimizer, build_scheduler
@@ -70,7 +70,7 @@ class Runtime:
     world_size: int = 1
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model  # e.g. DDP
     all_reduce: Callable[[torch.Tensor], None] = _no_op_reduce  # in-place SUM over workers
-    resume: dict[str, Any] | None = None  # a `load_checkpoint` payload to continue from
+    resume: CheckpointPayload | None = None  # the checkpoint to continue from
     log: Callable[[str], None] = print
 
 
@@ -157,18 +157,18 @@ def run_training(config: RunConfig, runtime: Runtime) -> dict[str, float]:
     method = build_method(config, runtime.rank)  # the training step: SimVP's or an RNN's
     start_epoch, global_step, history = 0, 0, []
     if runtime.resume is not None:
-        if runtime.resume["config"].model != config.model:
+        if runtime.resume.config.model != config.model:
             raise ValueError(
                 "cannot resume: the checkpoint's model config differs from this run's: "
-                f"checkpoint {runtime.resume['config'].model}, run {config.model}")
-        load_checked(plain, runtime.resume["model"])
-        optimizer.load_state_dict(runtime.resume["optimizer"])
-        scheduler.load_state_dict(runtime.resume["scheduler"])
-        set_rng_state(runtime.resume["rng"])
-        method.load_state_dict(runtime.resume.get("method", {}))  # the sampler's state (eta)
-        start_epoch = runtime.resume["epoch"] + 1
-        global_step = runtime.resume["global_step"]
-        history = list(runtime.resume["history"])
+                f"checkpoint {runtime.resume.config.model}, run {config.model}")
+        load_checked(plain, runtime.resume.model)
+        optimizer.load_state_dict(runtime.resume.optimizer)
+        scheduler.load_state_dict(runtime.resume.scheduler)
+        set_rng_state(runtime.resume.rng)
+        method.load_state_dict(runtime.resume.method)  # the sampler's state (eta)
+        start_epoch = runtime.resume.epoch + 1
+        global_step = runtime.resume.global_step
+        history = list(runtime.resume.history)
     model = compile_if_asked(runtime.wrap_model(method.wrap(plain)), options)
     # evaluation needs no gradient sync, and DDP's forward would sync buffers with the other
     # ranks, which score different numbers of batches: each scores its share locally

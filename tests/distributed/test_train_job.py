@@ -39,8 +39,8 @@ def test_train_job_writes_result_and_checkpoints(local_ray, small_store, tmp_pat
     assert result["artifacts"]["panel"] == str(run / "panel_val.png")
     best = Path(result["best_checkpoint"])
     payload = load_checkpoint(best)
-    assert payload["config"].model.translator == "gsta"
-    assert payload["history"][payload["epoch"]]["val/mse"] == pytest.approx(
+    assert payload.config.model.translator == "gsta"
+    assert payload.history[payload.epoch]["val/mse"] == pytest.approx(
         result["best"]["model"]["mse"])
     # a second launch under the same name must not silently resume or overwrite
     assert load_job("train").main(args) == 2

@@ -160,9 +160,9 @@ def test_a_run_folder_stands_for_its_best_checkpoint(setup, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "result.json").write_text(json.dumps({"best_checkpoint": setup["good"]}))
-    payload = fetch_checkpoint(str(run))
-    assert payload["url"] == setup["good"] and len(payload["sha256"]) == 64
-    assert payload["config"].model.translator_channels == 16
+    fetched = fetch_checkpoint(str(run))
+    assert fetched.url == setup["good"] and len(fetched.sha256) == 64
+    assert fetched.payload.config.model.translator_channels == 16
 
 
 def test_openstl_protocol_statistics_and_per_window_climatology(setup):

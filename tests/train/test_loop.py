@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from simvp_ray.config import RunConfig, override
+from simvp_ray.config import RunConfig, override, to_dict
 from simvp_ray.presets import get_preset
-from simvp_ray.train.checkpoint import load_checkpoint
+from simvp_ray.train.checkpoint import CHECKPOINT_FILE, CheckpointPayload, load_checkpoint
 from simvp_ray.train.loop import NonFiniteLossError, Runtime, run_training
 
 
@@ -82,9 +84,9 @@ def test_checkpoint_every_k_epochs_and_at_the_end(tmp_path):
     saved = [c.name if c else None for _, c in reports]
     assert saved == [None, "epoch_0001", "epoch_0002"]
     payload = load_checkpoint(reports[-1][1])
-    assert payload["epoch"] == 2 and payload["config"] == config
-    assert [row["epoch"] for row in payload["history"]] == [0, 1, 2]
-    assert "enc.enc.0.conv.conv.weight" in payload["model"]  # OpenSTL key names
+    assert payload.epoch == 2 and payload.config == config
+    assert [row["epoch"] for row in payload.history] == [0, 1, 2]
+    assert "enc.enc.0.conv.conv.weight" in payload.model  # OpenSTL key names
 
 
 def test_resumed_run_ends_with_the_same_metrics(tmp_path):
@@ -95,7 +97,7 @@ def test_resumed_run_ends_with_the_same_metrics(tmp_path):
     resumed = []
     run_training(config, make_runtime(tmp_path / "c", resumed, resume=interrupted))
     assert [m["epoch"] for m, _ in resumed] == [2]
-    assert [row["epoch"] for row in load_checkpoint(resumed[-1][1])["history"]] == [0, 1, 2]
+    assert [row["epoch"] for row in load_checkpoint(resumed[-1][1]).history] == [0, 1, 2]
     for key in ("val/mse", "val/ssim", "train/loss"):
         assert resumed[-1][0][key] == pytest.approx(straight[-1][0][key], rel=1e-6, abs=1e-9)
 
@@ -124,6 +126,48 @@ def test_not_a_checkpoint_is_a_value_error(tmp_path):
     torch.save({"format": "other"}, tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match="not a simvp_ray checkpoint"):
         load_checkpoint(tmp_path)
+
+
+def same(a, b) -> bool:
+    """Equal values, tensors compared exactly, containers of the same type and keys."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return type(b) is dict and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
+    return type(a) is type(b) and a == b
+
+
+def test_checkpoint_payload_is_exactly_what_torch_saves(tmp_path):
+    """The typed payload's dict is the file's dict (so format-1 files written before it load),
+    and its key names are pinned."""
+    reports = []
+    run_training(tiny_config(epochs=1), make_runtime(tmp_path, reports))
+    saved = torch.load(reports[-1][1] / CHECKPOINT_FILE, weights_only=True)
+    assert list(saved) == ["format", "model", "optimizer", "scheduler", "epoch", "global_step",
+                           "rng", "config", "history", "method"]
+    assert saved["format"] == "simvp_ray-checkpoint/1"
+    assert saved["config"] == json.dumps(to_dict(tiny_config(epochs=1)))  # format 1's config text
+    payload = CheckpointPayload.from_dict(saved)
+    assert payload.config == tiny_config(epochs=1) and payload.epoch == 0
+    assert same(payload.to_dict(), saved)
+
+
+def test_checkpoint_missing_a_field_names_it_and_the_file(tmp_path):
+    reports = []
+    run_training(tiny_config(epochs=1), make_runtime(tmp_path / "run", reports))
+    saved = torch.load(reports[-1][1] / CHECKPOINT_FILE, weights_only=True)
+    del saved["method"]  # format-1 files written before training methods: the method starts anew
+    torch.save(saved, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt").method == {}
+    del saved["global_step"]
+    torch.save(saved, tmp_path / "broken.pt")
+    with pytest.raises(ValueError, match="broken.pt: checkpoint lacks field.*'global_step'"):
+        load_checkpoint(tmp_path / "broken.pt")
+    with pytest.raises(ValueError, match="unknown field.*'extra'"):
+        CheckpointPayload.from_dict({**torch.load(reports[-1][1] / CHECKPOINT_FILE,
+                                                  weights_only=True), "extra": 1})
 
 
 def test_training_steps_do_not_sync_with_the_host(tmp_path, monkeypatch):

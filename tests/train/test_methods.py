@@ -174,7 +174,7 @@ def test_recurrent_run_resumes_exactly(tmp_path, method, rss):
     run_training(config, wave_runtime(tmp_path / "a", straight))
     assert straight[-1][0]["train/loss"] < straight[0][0]["train/loss"]
     payload = load_checkpoint(straight[0][1])  # as if the run had died after epoch 0
-    assert payload["method"] == {"eta": 1.0 if rss else pytest.approx(1 - 6 * 0.05)}
+    assert payload.method == {"eta": 1.0 if rss else pytest.approx(1 - 6 * 0.05)}
     resumed = []
     run_training(config, wave_runtime(tmp_path / "b", resumed, resume=payload))
     for key in ("val/mse", "train/loss"):

@@ -57,7 +57,7 @@ def test_speed_option_trains_two_steps_and_resumes_exactly(tmp_path, option):
 
     # resume from the first epoch's checkpoint: the second step must come out the same
     first = load_checkpoint(straight[0][1])
-    assert first["config"].train == config.train
+    assert first.config.train == config.train
     resumed = []
     run_training(config, runtime(tmp_path / "resumed", resumed, resume=first))
     assert [m["epoch"] for m, _ in resumed] == [1]
