@@ -36,10 +36,19 @@ class DatasetRecipe:
     data_url: str  # where `jobs/prepare_data.py` puts this dataset by default
 
 
+# The translator registry's names (simvp_ray.models.TRANSLATORS), in its order. Written out
+# because presets are plain data that import only `config` (no torch); tests/test_config.py
+# fails when a translator is registered without presets, or a preset names no translator.
+TRANSLATOR_NAMES = ("incepu", "gsta", "tau", "van", "moga", "convmixer", "convnext", "hornet",
+                    "poolformer", "mlp", "swin", "uniformer", "vit")
+
+
 def _lrs(default: float, **per_translator: float) -> dict[str, float]:
-    names = ("incepu", "gsta", "tau", "convmixer", "convnext", "hornet", "mlp", "moga",
-             "poolformer", "swin", "uniformer", "van", "vit")
-    return {name: per_translator.get(name, default) for name in names}
+    unknown = sorted(set(per_translator) - set(TRANSLATOR_NAMES))
+    if unknown:
+        raise ValueError(f"learning rates for unknown translators {unknown}; valid: "
+                         f"{', '.join(TRANSLATOR_NAMES)}")
+    return {name: per_translator.get(name, default) for name in TRANSLATOR_NAMES}
 
 
 RECIPES: dict[str, DatasetRecipe] = {

@@ -17,7 +17,16 @@ from simvp_ray.config import (
     to_json,
     valid_keys,
 )
-from simvp_ray.presets import PRESETS, get_preset
+from simvp_ray.models import TRANSLATORS
+from simvp_ray.models.recurrent import RECURRENT_MODELS
+from simvp_ray.presets import (
+    PRESETS,
+    RECIPES,
+    RECURRENT_RECIPES,
+    TRANSLATOR_NAMES,
+    _lrs,
+    get_preset,
+)
 
 
 def test_override_with_cli_strings():
@@ -110,3 +119,26 @@ def test_presets_follow_openstl_recipes():
     assert get_preset("weather_t2m_tau").optim.schedule == "onecycle"  # OpenSTL quirk kept
     assert get_preset("weather_t2m_moga").model.drop_path == 0.2
     assert get_preset("mmnist_tau").train.loss == "tau"
+
+
+def test_presets_cover_the_translator_registry_exactly():
+    """Presets are plain data (no torch), so they spell out the registry's names: every
+    registered translator gets a preset on every dataset, and no preset names another."""
+    assert TRANSLATOR_NAMES == TRANSLATORS
+    for dataset, recipe in RECIPES.items():
+        assert tuple(recipe.lrs) == TRANSLATORS, dataset
+        assert set(recipe.overrides) <= set(TRANSLATORS), dataset
+        for translator in TRANSLATORS:
+            assert get_preset(f"{dataset}_{translator}").model.translator == translator
+
+
+def test_presets_cover_the_recurrent_registry_exactly():
+    methods = {method for method, _, _ in RECURRENT_RECIPES.values()}
+    assert methods == set(RECURRENT_MODELS)
+    for method in RECURRENT_MODELS:  # each method's base recipe is named after it
+        assert get_preset(f"mmnist_{method}").model.method == method
+
+
+def test_a_learning_rate_for_an_unknown_translator_is_refused():
+    with pytest.raises(ValueError, match="unknown translators \\['gstaa'\\]; valid: incepu, gsta"):
+        _lrs(1e-3, gstaa=1e-2)
