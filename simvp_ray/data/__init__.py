@@ -4,7 +4,7 @@ Imports numpy, zarr, xarray, fsspec and h5py only: never torch or ray (ray_data.
 which is not imported here).
 """
 
-from simvp_ray.data.batches import count_windows, iter_numpy_batches, read_windows
+from simvp_ray.data.batches import iter_numpy_batches, read_windows
 from simvp_ray.data.mmnist import convert_mmnist, generate_moving_mnist, read_idx_images
 from simvp_ray.data.normalization import Stats, denormalize, normalize
 from simvp_ray.data.schema import SCHEMA_VERSION, DatasetError
@@ -27,7 +27,6 @@ __all__ = [
     "convert_taxibj_npz",
     "convert_weatherbench",
     "convert_xarray",
-    "count_windows",
     "create_store",
     "denormalize",
     "generate_moving_mnist",

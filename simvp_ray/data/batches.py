@@ -304,10 +304,3 @@ def iter_numpy_batches(source: StoreSource | Dataset, split: str, in_frames: int
     read = ((SpanWindows.read(dataset, buffer, steps, in_frames, picked), slice(None))
             for buffer in buffers)
     yield from iter_buffer_batches(read, batch_size, drop_last)
-
-
-def count_windows(source: StoreSource | Dataset, split: str, in_frames: int,
-                  out_frames: int, frame_step: int = 1, stride: int = 1) -> int:
-    """Number of valid windows in a split."""
-    return len(window_starts(_as_dataset(source), split, in_frames, out_frames, frame_step,
-                             stride))

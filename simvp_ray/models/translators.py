@@ -8,7 +8,6 @@ N_T MetaFormer blocks that differ only in their sub-block (`mixers.py`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,30 +16,25 @@ from simvp_ray.models import mixers
 from simvp_ray.models.layers import init_fan_out, init_trunc_normal
 from simvp_ray.models.mixers import BlockSpec
 
-
-@dataclass(frozen=True)
-class SubBlock:
-    build: Callable[[int, BlockSpec], nn.Module]  # (width, spec) -> initialised (N, D, H, W) block
-    paper: str  # where the block comes from
-
+# (width, spec) -> an initialised (N, D, H, W) block; the comments say where each comes from
+SubBlock = Callable[[int, BlockSpec], nn.Module]
 
 # One dict replaces OpenSTL's if/elif ladder. `incepu` is handled by `build_translator`.
 SUB_BLOCKS: dict[str, SubBlock] = {
-    "gsta": SubBlock(mixers.large_kernel_block(mixers.GatedUnit),
-                     "SimVPv2 gated spatiotemporal attention"),
-    "tau": SubBlock(mixers.large_kernel_block(mixers.TemporalUnit, default_init_attention=True),
-                    "TAU temporal attention unit"),
-    "van": SubBlock(mixers.large_kernel_block(mixers.LargeKernelAttentionUnit),
-                    "Visual Attention Network"),
-    "moga": SubBlock(mixers.moga_block, "MogaNet"),
-    "convmixer": SubBlock(mixers.block(mixers.ConvMixerBlock, init_fan_out), "ConvMixer"),
-    "convnext": SubBlock(mixers.block(mixers.ConvNeXtBlock, init_fan_out), "ConvNeXt"),
-    "hornet": SubBlock(mixers.block(mixers.HorNetBlock, init_fan_out), "HorNet"),
-    "poolformer": SubBlock(mixers.poolformer_block, "PoolFormer"),
-    "mlp": SubBlock(mixers.mixer_block, "MLP-Mixer"),
-    "swin": SubBlock(mixers.block(mixers.SwinBlock, init_trunc_normal), "Swin Transformer"),
-    "uniformer": SubBlock(mixers.uniformer_block, "UniFormer"),
-    "vit": SubBlock(mixers.vit_block, "Vision Transformer"),
+    # SimVPv2 gated spatiotemporal attention
+    "gsta": mixers.large_kernel_block(mixers.GatedUnit),
+    "tau": mixers.large_kernel_block(mixers.TemporalUnit,  # TAU temporal attention unit
+                                     default_init_attention=True),
+    "van": mixers.large_kernel_block(mixers.LargeKernelAttentionUnit),  # Visual Attention Network
+    "moga": mixers.moga_block,  # MogaNet
+    "convmixer": mixers.block(mixers.ConvMixerBlock, init_fan_out),  # ConvMixer
+    "convnext": mixers.block(mixers.ConvNeXtBlock, init_fan_out),  # ConvNeXt
+    "hornet": mixers.block(mixers.HorNetBlock, init_fan_out),  # HorNet
+    "poolformer": mixers.poolformer_block,  # PoolFormer
+    "mlp": mixers.mixer_block,  # MLP-Mixer
+    "swin": mixers.block(mixers.SwinBlock, init_trunc_normal),  # Swin Transformer
+    "uniformer": mixers.uniformer_block,  # UniFormer
+    "vit": mixers.vit_block,  # Vision Transformer
 }
 
 TRANSLATORS: tuple[str, ...] = ("incepu", *SUB_BLOCKS)
@@ -66,7 +60,7 @@ class MetaBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, sub_block: SubBlock, spec: BlockSpec):
         super().__init__()
-        self.block = sub_block.build(c_in, spec)
+        self.block = sub_block(c_in, spec)
         if c_in != c_out:
             self.reduction = nn.Conv2d(c_in, c_out, 1)
 
