@@ -72,7 +72,10 @@ class CheckpointPayload:
             raise ValueError(f"{source}: checkpoint has unknown field(s) {unknown} (format "
                              f"{FORMAT} has {', '.join(_FIELDS)})")
         values = {name: data[name] for name in _FIELDS if name in data}
-        values["config"] = from_dict(RunConfig, json.loads(data["config"]))
+        try:
+            values["config"] = from_dict(RunConfig, json.loads(data["config"]))
+        except ValueError as error:  # JSON errors are ValueErrors too
+            raise ValueError(f"{source}: its config does not parse: {error}") from error
         return cls(**values)
 
 

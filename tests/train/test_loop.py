@@ -165,6 +165,9 @@ def test_checkpoint_missing_a_field_names_it_and_the_file(tmp_path):
     torch.save(saved, tmp_path / "broken.pt")
     with pytest.raises(ValueError, match="broken.pt: checkpoint lacks field.*'global_step'"):
         load_checkpoint(tmp_path / "broken.pt")
+    saved["global_step"], saved["config"] = 0, saved["config"].replace('"lr"', '"rate"')
+    with pytest.raises(ValueError, match="checkpoint: its config does not parse: .*'rate'"):
+        CheckpointPayload.from_dict(saved)
     with pytest.raises(ValueError, match="unknown field.*'extra'"):
         CheckpointPayload.from_dict({**torch.load(reports[-1][1] / CHECKPOINT_FILE,
                                                   weights_only=True), "extra": 1})
