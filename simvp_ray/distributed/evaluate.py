@@ -74,7 +74,7 @@ def build_accumulator(setup: dict[str, Any], device: torch.device | str = "cpu"
     """The accumulator every actor and the driver share (same layout of sums)."""
     lat = setup["lat"]
     return MetricAccumulator(
-        setup["out_frames"], setup["channels"], mean=setup["mean"], std=setup["std"],
+        setup["out_frames"], setup["channels"], offset=setup["mean"], scale=setup["std"],
         channel_names=setup["channel_names"],
         lat_weights=None if lat is None else latitude_weights(lat), device=device,
         normalization=setup["normalization"])

@@ -119,7 +119,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable[Batch], runtime: Runtime,
     model.eval()
     lat_weights = None if runtime.latitudes is None else latitude_weights(runtime.latitudes)
     accumulators = {
-        name: MetricAccumulator(out_frames, channels, mean=runtime.mean, std=runtime.std,
+        name: MetricAccumulator(out_frames, channels, offset=runtime.mean, scale=runtime.std,
                                 channel_names=runtime.channel_names, lat_weights=lat_weights,
                                 device=runtime.device, normalization=runtime.normalization)
         for name in ("val", "val_persistence")

@@ -38,8 +38,8 @@ def test_layout_and_attributes(small_store):
     # statistics come from the valid training steps only
     raw = make_synthetic(300, 2, 16)["frames"][:210]
     train = raw[np.isfinite(raw).reshape(210, -1).all(axis=1)]
-    np.testing.assert_allclose(ds.stats.mean, train.mean(axis=(0, 2, 3)), rtol=1e-5)
-    np.testing.assert_allclose(ds.stats.std, train.std(axis=(0, 2, 3)), rtol=1e-4)
+    np.testing.assert_allclose(ds.stats.offset, train.mean(axis=(0, 2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(ds.stats.scale, train.std(axis=(0, 2, 3)), rtol=1e-4)
 
 
 def test_frames_match_generator(small_store):

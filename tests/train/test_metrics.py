@@ -144,7 +144,7 @@ def np_reference(pred, target, mean, std, lat_w=None, clim=None, win=11, win_ope
 
 
 def build(**kwargs) -> MetricAccumulator:
-    return MetricAccumulator(T, C, mean=MEAN, std=STD, channel_names=NAMES, **kwargs)
+    return MetricAccumulator(T, C, offset=MEAN, scale=STD, channel_names=NAMES, **kwargs)
 
 
 LATS = torch.linspace(-87.1875, 87.1875, H)
@@ -199,7 +199,8 @@ def test_per_batch_climatology_overrides_the_constructor_one():
 
 def test_constant_error_field():
     target = torch.rand(2, T, C, H, W, dtype=torch.float64)
-    acc = MetricAccumulator(T, C, std=[2.0, 4.0], mean=[0.0, 1.0], lat_weights=torch.rand(H) + 0.1)
+    acc = MetricAccumulator(T, C, scale=[2.0, 4.0], offset=[0.0, 1.0],
+                            lat_weights=torch.rand(H) + 0.1)
     acc.update(target + 0.5, target)
     got = acc.compute()
     assert got["mse"] == pytest.approx(0.25)
@@ -292,7 +293,7 @@ def test_physical_units_are_normalised_scaled_by_std():
     pred, target = make_batch(7)
     s = 3.5
     acc = MetricAccumulator(
-        T, C, mean=[10.0, -4.0], std=[s, s], channel_names=NAMES, lat_weights=torch.ones(H)
+        T, C, offset=[10.0, -4.0], scale=[s, s], channel_names=NAMES, lat_weights=torch.ones(H)
     )
     acc.update(pred, target)
     got = acc.compute()
@@ -377,10 +378,10 @@ def test_bad_input_is_rejected_with_a_clear_message():
         acc.update(pred, target[:, :, :, :-1])
     with pytest.raises(ValueError, match=r"\(T, C\) = \(3, 2\)"):
         acc.update(pred[:, :2], target[:, :2])
-    with pytest.raises(ValueError, match="mean of length 2"):
-        MetricAccumulator(T, C, mean=[0.0], std=[1.0, 1.0])
-    with pytest.raises(ValueError, match="std of length 2"):
-        MetricAccumulator(T, C, mean=[0.0, 0.0], std=[1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="offset of length 2"):
+        MetricAccumulator(T, C, offset=[0.0], scale=[1.0, 1.0])
+    with pytest.raises(ValueError, match="scale of length 2"):
+        MetricAccumulator(T, C, offset=[0.0, 0.0], scale=[1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="looks like t<k>"):
         MetricAccumulator(T, C, channel_names=["t2", "u"])
     with pytest.raises(ValueError, match="lat_weights"):
@@ -464,12 +465,12 @@ def openstl_case(kind: str):
     if kind == "mmnist":  # 1 channel 0..255, fixed min-max 0 / 255; OpenSTL: x / 255
         true = digits_like(gen, (2, 3, 1, 24, 24))
         pred = np.clip(true + gen.normal(0, 40, true.shape), -30, 290)  # over- and undershoot
-        ours = {"mean": [0.0], "std": [255.0], "normalization": "minmax"}
+        ours = {"offset": [0.0], "scale": [255.0], "normalization": "minmax"}
         theirs = (pred / 255, true / 255, {})  # OpenSTL's dataset mean 0, std 1: no change
     elif kind == "taxibj":  # 2 channels stored in [-1, 1]; OpenSTL: (x + 1) / 2
         true = np.tanh(gen.normal(-0.5, 0.6, (2, 2, 2, 16, 16)))
         pred = true + gen.normal(0, 0.15, true.shape)
-        ours = {"mean": [-1.0, -1.0], "std": [2.0, 2.0], "normalization": "minmax"}
+        ours = {"offset": [-1.0, -1.0], "scale": [2.0, 2.0], "normalization": "minmax"}
         theirs = ((pred + 1) / 2, (true + 1) / 2, {})
     else:  # weather: z-scored with the training mean / std, which metric() de-normalises with
         names = ["t2m"] if kind == "weather" else ["r_500", "r_850", "t_500", "t_850"]
@@ -479,13 +480,13 @@ def openstl_case(kind: str):
         true = mean[:, None, None] + std[:, None, None] * gen.normal(0, 1, shape)
         spread = np.array([1.5] if kind == "weather" else [4.0, 4.0, 0.8, 0.8])
         pred = true + spread[:, None, None] * gen.normal(0, 1, shape)
-        ours = {"mean": mean, "std": std, "normalization": "zscore", "channel_names": names}
+        ours = {"offset": mean, "scale": std, "normalization": "zscore", "channel_names": names}
         scale = (std.reshape(1, 1, -1, 1, 1), mean.reshape(1, 1, -1, 1, 1))
         theirs = ((pred - scale[1]) / scale[0], (true - scale[1]) / scale[0],
                   {"mean": scale[1], "std": scale[0], "spatial_norm": True,
                    "channel_names": None if kind == "weather" else ["r", "t"]})
-    offset = np.asarray(ours["mean"]).reshape(1, 1, -1, 1, 1)
-    scale = np.asarray(ours["std"]).reshape(1, 1, -1, 1, 1)
+    offset = np.asarray(ours["offset"]).reshape(1, 1, -1, 1, 1)
+    scale = np.asarray(ours["scale"]).reshape(1, 1, -1, 1, 1)
     normalised = [torch.from_numpy((a - offset) / scale) for a in (pred, true)]
     return ours, normalised, theirs
 
@@ -550,7 +551,7 @@ def test_the_training_loop_reports_the_paper_table_keys(tmp_path):
                       normalization="minmax")
     metrics = evaluate(LastFrames(), runtime.val_batches(), runtime, SpeedOptions(),
                        target.shape[1], target.shape[2])
-    direct = MetricAccumulator(target.shape[1], 2, mean=[-1.0, -1.0], std=[2.0, 2.0],
+    direct = MetricAccumulator(target.shape[1], 2, offset=[-1.0, -1.0], scale=[2.0, 2.0],
                                normalization="minmax")
     direct.update(x[:, -target.shape[1]:].double(), target)
     want = direct.compute()
