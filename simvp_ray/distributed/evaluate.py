@@ -134,7 +134,7 @@ def protocol_stats(dataset, split: str, names: list[str], protocol: str
     with) for `protocol`; a ValueError for a protocol the store cannot support."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol {protocol!r}; valid: {list(PROTOCOLS)}")
-    train = dataset.stats.select([dataset.channels.index(name) for name in names])
+    _, train = dataset.select(names)
     if protocol == "default":
         return train, train
     if train.kind != "zscore":
@@ -185,7 +185,7 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
     if split not in dataset.splits:
         raise ValueError(f"{dataset.url}: no split {split!r}; valid: {sorted(dataset.splits)}")
     inputs, denorm = protocol_stats(dataset, split, names, protocol)
-    train = dataset.stats.select([dataset.channels.index(name) for name in names])
+    picked, train = dataset.select(names)
     clim_kind, clim_reason = resolve_climatology(dataset, climatology)
     ensure_ray(num_actors)
     quiet_ray_data()
@@ -222,7 +222,7 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
         "checkpoint": payload["url"], "checkpoint_sha256": payload["sha256"],
         "epoch": payload["epoch"], "data": config.data.url, "split": split,
         "windows": int(totals["windows"]), "channels": names,
-        "units": [dataset.units[dataset.channels.index(name)] for name in names],
+        "units": [dataset.units[index] for index in picked],
         "out_frames": config.model.out_frames,
         "protocol": protocol,
         "protocol_definition": PROTOCOL_DEFINITIONS[protocol],

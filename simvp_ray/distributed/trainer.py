@@ -284,9 +284,10 @@ def save_validation_panel(payload: dict[str, Any], config: RunConfig,
     dataset = open_dataset(config.data.url)
     names = list(config.data.channels) or dataset.channels
     sample = forecast_window(payload, config, dataset, names, "val")
+    picked, _ = dataset.select(names)
     return plot_forecast_panel(
         sample["x"], sample["y"], sample["pred"], path, channel_name=names[0],
-        units=dataset.units[dataset.channels.index(names[0])],
+        units=dataset.units[picked[0]],
         title=f"{config.name}: validation window, epoch {payload['epoch'] + 1}, {names[0]}")
 
 
