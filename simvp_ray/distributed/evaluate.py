@@ -45,12 +45,7 @@ from simvp_ray.distributed.trainer import ensure_ray, quiet_ray_data
 from simvp_ray.progress import Progress
 from simvp_ray.reporting import data_faults_raised_plain
 from simvp_ray.train.loop import speed_options
-from simvp_ray.train.metrics import (
-    MetricAccumulator,
-    latitude_weights,
-    openstl_variables,
-    persistence_forecast,
-)
+from simvp_ray.train.metrics import MetricContext, openstl_variables, persistence_forecast
 from simvp_ray.train.performance import autocast
 
 FORECASTS = ("model", "persistence", "climatology")
@@ -67,17 +62,6 @@ CLIMATOLOGY_DEFINITIONS = {
                    "split, 61-day window, at each target frame's valid time",
 }
 METRICS_FILE, TABLE_FILE = "metrics.json", "metrics.md"
-
-
-def build_accumulator(setup: dict[str, Any], device: torch.device | str = "cpu"
-                      ) -> MetricAccumulator:
-    """The accumulator every actor and the driver share (same layout of sums)."""
-    lat = setup["lat"]
-    return MetricAccumulator(
-        setup["out_frames"], setup["channels"], offset=setup["mean"], scale=setup["std"],
-        channel_names=setup["channel_names"],
-        lat_weights=None if lat is None else latitude_weights(lat), device=device,
-        normalization=setup["normalization"])
 
 
 def window_climatology(setup: dict[str, Any], t0: np.ndarray | None, batch_size: int
@@ -122,7 +106,8 @@ class WindowScorer:
                      "climatology": clim}
         row = {"windows": np.array([len(x)])}
         for name, forecast in forecasts.items():
-            accumulator = build_accumulator(self.setup, self.device)
+            accumulator = self.setup["metrics"].accumulator(out_frames, self.setup["channels"],
+                                                            self.device)
             accumulator.update(forecast, y, climatology=clim)
             row[name] = accumulator.state().cpu().numpy()[None]  # (1, S) float64 sums
         return row
@@ -200,9 +185,8 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
     target = offsets[config.model.in_frames:]
     setup = {
         "out_frames": config.model.out_frames, "channels": config.model.channels,
-        "mean": denorm.offset.tolist(), "std": denorm.scale.tolist(),
-        "normalization": denorm.kind,
-        "channel_names": names, "lat": None if dataset.lat is None else dataset.lat.tolist(),
+        # every actor and the driver build the same accumulator (same layout of sums)
+        "metrics": MetricContext.from_dataset(dataset, names).with_stats(denorm),
         "renorm": renormalization(train, inputs),
         **climatology_setup(dataset, names, split, clim_kind, inputs, target - target[0]),
     }
@@ -233,7 +217,7 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
     if protocol == "openstl":
         results["period_stats"] = {"mean": inputs.offset.tolist(), "std": inputs.scale.tolist()}
     for name in FORECASTS:
-        accumulator = build_accumulator(setup)
+        accumulator = setup["metrics"].accumulator(setup["out_frames"], setup["channels"])
         accumulator.load_state(torch.from_numpy(totals[name]))
         results[name] = accumulator.compute()
     if cost:

@@ -35,6 +35,7 @@ from simvp_ray.plan import check_plan, store_fingerprint
 from simvp_ray.train.checkpoint import STORE_FILE, load_checkpoint, load_run_record
 from simvp_ray.train.inference import forecast_window
 from simvp_ray.train.methods import check_method
+from simvp_ray.train.metrics import MetricContext
 
 RESULT_FILE = "result.json"
 SYNTHETIC_VERSION = "v1"
@@ -200,16 +201,10 @@ def build_trainer(config: RunConfig, *, storage: str, name: str,
     data_plan = plan_data(config.data, config.model)
     print(f"data: {data_plan['mode']} ({data_plan['why']})", flush=True)
     dataset = open_dataset(config.data.url)
-    names = list(config.data.channels) or dataset.channels
-    picked = [dataset.channels.index(name) for name in names]
     loop_config = {
         "config": to_dict(config),
         "data_plan": data_plan,  # holds the resident splits' object refs: alive while we are
-        "mean": dataset.stats.offset[picked].tolist(),
-        "std": dataset.stats.scale[picked].tolist(),
-        "normalization": dataset.stats.kind,  # OpenSTL's metric convention for this store
-        "channel_names": names,
-        "lat": None if dataset.lat is None else dataset.lat.tolist(),
+        "metrics": MetricContext.from_dataset(dataset, config.data.channels).to_dict(),
         "fit_id": uuid.uuid4().hex,  # tells a Ray restart within this fit from a --resume
         "store": store_fingerprint(dataset),
     }

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -26,6 +25,7 @@ from simvp_ray.plan import per_worker_batch_size
 from simvp_ray.reporting import data_fault, one_line
 from simvp_ray.train.checkpoint import load_checkpoint, load_run_record, save_run_record
 from simvp_ray.train.loop import NonFiniteLossError, Runtime, run_training
+from simvp_ray.train.metrics import MetricContext
 
 STOPPED = "stopped"  # key of the return value when training stopped on a non-finite loss
 
@@ -113,10 +113,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
         runtime = Runtime(
             train_batches=train_batches, val_batches=val_batches,
             steps_per_epoch=steps_per_epoch, checkpoint_dir=Path(checkpoint_dir),
-            report=report, device=device, mean=np.asarray(loop_config["mean"]),
-            std=np.asarray(loop_config["std"]), channel_names=loop_config["channel_names"],
-            normalization=loop_config.get("normalization", "zscore"),
-            latitudes=None if loop_config["lat"] is None else np.asarray(loop_config["lat"]),
+            report=report, device=device, metrics=MetricContext.from_dict(loop_config["metrics"]),
             rank=rank,
             world_size=world,
             wrap_model=lambda model: ray.train.torch.prepare_model(model, move_to_device=False),

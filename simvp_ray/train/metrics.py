@@ -64,12 +64,18 @@ Distributed use: `flat = acc.state(); torch.distributed.all_reduce(flat); acc.lo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from simvp_ray.data.normalization import Stats
+    from simvp_ray.data.store import Dataset
 
 PSNR_MSE_FLOOR = 1e-10  # caps PSNR at 100 dB so one perfect frame does not make the mean inf
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Wang et al. 2004
@@ -597,3 +603,74 @@ class MetricAccumulator:
                 out.update({f"{key}_openstl/{var}": value
                             for key, value in zip(("mse", "mae", "rmse"), values)})
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricContext:
+    """What the metrics know of the data besides the forecasts, handed from the driver to the
+    training loop and the evaluation actors: per-channel offset and scale (physical = normalised
+    * scale + offset), the store's normalisation kind (OpenSTL's convention), the channel names
+    (None: no per-channel keys) and the grid's latitudes in degrees (None: no weighted keys).
+
+    `to_dict` / `from_dict` round-trip exactly; a dict missing a field is a ValueError naming it.
+    """
+
+    offset: tuple[float, ...]
+    scale: tuple[float, ...]
+    normalization: str
+    channel_names: tuple[str, ...] | None = None
+    latitudes: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        # arrays and lists in, plain tuples kept: comparable, hashable and JSON-ready
+        def floats(values):
+            return None if values is None else tuple(float(v) for v in values)
+
+        object.__setattr__(self, "offset", floats(self.offset))
+        object.__setattr__(self, "scale", floats(self.scale))
+        object.__setattr__(self, "latitudes", floats(self.latitudes))
+        if self.channel_names is not None:
+            object.__setattr__(self, "channel_names", tuple(str(n) for n in self.channel_names))
+        sizes = {"offset": len(self.offset), "scale": len(self.scale)}
+        if self.channel_names is not None:
+            sizes["channel_names"] = len(self.channel_names)
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"metric context: one value per channel expected, got {sizes}")
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, names: Sequence[str] | None = None) -> MetricContext:
+        """The context of the named channels of a store (None or none: every channel), with its
+        training statistics and latitudes."""
+        _, stats = dataset.select(names)
+        return cls(stats.offset, stats.scale, stats.kind, list(names or dataset.channels),
+                   dataset.lat)
+
+    def with_stats(self, stats: Stats) -> MetricContext:
+        """The same channels de-normalised with other statistics (e.g. a period's own)."""
+        return dataclasses.replace(self, offset=stats.offset, scale=stats.scale,
+                                   normalization=stats.kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {field.name: (list(value) if isinstance(value, tuple) else value)
+                for field in dataclasses.fields(self)
+                for value in [getattr(self, field.name)]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MetricContext:
+        names = [field.name for field in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in data]
+        if missing:
+            raise ValueError(f"metric context: missing field(s) {missing}; fields: {names}")
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"metric context: unknown field(s) {unknown}; fields: {names}")
+        return cls(**{name: data[name] for name in names})
+
+    def accumulator(self, num_frames: int, num_channels: int,
+                    device: torch.device | str = "cpu") -> MetricAccumulator:
+        """The accumulator of these metrics (every worker and the driver build the same one)."""
+        return MetricAccumulator(
+            num_frames, num_channels, offset=self.offset, scale=self.scale,
+            channel_names=self.channel_names,
+            lat_weights=None if self.latitudes is None else latitude_weights(self.latitudes),
+            device=device, normalization=self.normalization)

@@ -12,6 +12,7 @@ from scipy.signal import correlate2d
 
 from simvp_ray.train.metrics import (
     MetricAccumulator,
+    MetricContext,
     climatology_forecast,
     latitude_weights,
     openstl_variables,
@@ -547,8 +548,8 @@ def test_the_training_loop_reports_the_paper_table_keys(tmp_path):
 
     runtime = Runtime(train_batches=lambda epoch: [], val_batches=lambda: [{"x": x, "y": target}],
                       steps_per_epoch=1, checkpoint_dir=tmp_path, report=lambda *a: None,
-                      mean=np.array([-1.0, -1.0]), std=np.array([2.0, 2.0]),
-                      normalization="minmax")
+                      metrics=MetricContext(offset=[-1.0, -1.0], scale=[2.0, 2.0],
+                                            normalization="minmax"))
     metrics = evaluate(LastFrames(), runtime.val_batches(), runtime, SpeedOptions(),
                        target.shape[1], target.shape[2])
     direct = MetricAccumulator(target.shape[1], 2, offset=[-1.0, -1.0], scale=[2.0, 2.0],
@@ -559,3 +560,46 @@ def test_the_training_loop_reports_the_paper_table_keys(tmp_path):
                 "openstl_spatial_norm"):
         assert metrics[f"val/{key}"] == pytest.approx(want[key], rel=1e-6), key
     assert metrics["val/openstl_spatial_norm"] == 0.0
+
+
+# ---- the metric context: the one contract behind every accumulator ----------------------------
+
+
+def test_metric_context_round_trips_exactly_and_names_a_missing_field():
+    import json
+
+    context = MetricContext(offset=np.array(MEAN), scale=np.array(STD), normalization="zscore",
+                            channel_names=NAMES, latitudes=LATS.numpy())
+    data = context.to_dict()
+    assert data == {"offset": MEAN, "scale": STD, "normalization": "zscore",
+                    "channel_names": NAMES, "latitudes": LATS.tolist()}
+    assert MetricContext.from_dict(json.loads(json.dumps(data))) == context
+    assert MetricContext.from_dict(data).to_dict() == data
+    bare = MetricContext([0.0], [255.0], "minmax")
+    assert MetricContext.from_dict(bare.to_dict()) == bare and bare.to_dict()["latitudes"] is None
+    with pytest.raises(ValueError, match=r"missing field\(s\) \['latitudes'\]"):
+        MetricContext.from_dict({k: v for k, v in data.items() if k != "latitudes"})
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['mean'\]"):
+        MetricContext.from_dict({**data, "mean": MEAN})
+    with pytest.raises(ValueError, match="one value per channel"):
+        MetricContext([0.0], [1.0, 1.0], "zscore")
+
+
+def test_the_context_builds_the_accumulator_its_fields_describe(tmp_path):
+    from simvp_ray.data import Stats, write_synthetic
+
+    context = MetricContext(MEAN, STD, "zscore", NAMES, LATS)
+    pred, target = make_batch(40)
+    built, direct = context.accumulator(T, C), build(lat_weights=latitude_weights(LATS))
+    for acc in (built, direct):
+        acc.update(pred, target)
+    assert built.compute() == direct.compute()
+    # from a store: its training statistics of the named channels, in that order
+    dataset = write_synthetic(tmp_path / "s.zarr", n_frames=64, channels=2, size=8)
+    picked = MetricContext.from_dataset(dataset, ["blobs_1"])
+    assert picked == MetricContext([dataset.stats.offset[1]], [dataset.stats.scale[1]],
+                                   "zscore", ["blobs_1"], None)
+    assert MetricContext.from_dataset(dataset).channel_names == ("blobs_0", "blobs_1")
+    period = Stats("zscore", np.array([5.0]), np.array([3.0]), "test")
+    assert picked.with_stats(period) == MetricContext([5.0], [3.0], "zscore", ["blobs_1"])
+
