@@ -31,6 +31,7 @@ from simvp_ray.data import open_dataset
 from simvp_ray.data.ray_data import check_windows, plan_data
 from simvp_ray.data.synthetic import write_synthetic
 from simvp_ray.distributed.worker import STOPPED, train_worker
+from simvp_ray.metric_keys import SUMMARY_KEYS
 from simvp_ray.plan import check_plan, store_fingerprint
 from simvp_ray.train.checkpoint import STORE_FILE, load_checkpoint, load_run_record
 from simvp_ray.train.inference import forecast_window
@@ -333,7 +334,7 @@ def summarize(result: ray.train.Result, config: RunConfig, storage: str, name: s
     final = history[-1]
     best = min(history, key=lambda row: row["val/mse"])
     best_checkpoint = result.get_best_checkpoint("val/mse", "min") or result.checkpoint
-    headline = ("mse", "mae", "rmse", "ssim", "psnr", "mse_phys", "mae_phys", "rmse_phys")
+    headline = SUMMARY_KEYS
 
     def pick(row: dict[str, float], prefix: str) -> dict[str, float]:
         return {key: row[f"{prefix}/{key}"] for key in headline if f"{prefix}/{key}" in row}

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from simvp_ray.config import RunConfig
+from simvp_ray.metric_keys import EPOCH_KEYS  # reported each epoch, per lead time too
 from simvp_ray.models import build_model, to_openstl_state_dict
 from simvp_ray.models.openstl import load_checked
 from simvp_ray.models.profile import count_flops
@@ -36,12 +37,6 @@ from simvp_ray.train.performance import (
 )
 
 Batch = Mapping[str, Any]  # {"x": (B, T_in, C, H, W), "y": (B, T_out, C, H, W)} arrays/tensors
-# The headline keys reported each epoch; per-lead-time keys are reported for these too.
-HEADLINE = ("mse", "mae", "rmse", "ssim", "psnr", "mse_phys", "mae_phys", "rmse_phys",
-            "mse_frame_sum", "mae_frame_sum", "wrmse", "wrmse_phys",
-            # OpenSTL's published-table columns (the paper table of jobs/analyze.py)
-            "mse_openstl", "mae_openstl", "rmse_openstl", "ssim_openstl", "psnr_openstl",
-            "openstl_spatial_norm")
 # Steps between non-finite loss checks: each check is a host sync and an all-reduce, so it is
 # amortised; every worker checks at the same steps and again before any checkpoint is written.
 FINITE_CHECK_EVERY = 32
@@ -134,7 +129,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable[Batch], runtime: Runtime,
         accumulator.load_state(state)
         values = accumulator.compute()
         metrics.update({f"{prefix}/{key}": value for key, value in values.items()
-                        if key.split("/")[0] in HEADLINE})
+                        if key.split("/")[0] in EPOCH_KEYS})
     return metrics
 
 

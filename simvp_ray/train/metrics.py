@@ -73,6 +73,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from simvp_ray.metric_keys import SCOPE_KEYS  # the order of each scope's keys in compute()
+
 if TYPE_CHECKING:
     from simvp_ray.data.normalization import Stats
     from simvp_ray.data.store import Dataset
@@ -85,12 +87,6 @@ _LEVEL_SUFFIX = re.compile(r"(.+)_(\d+(?:\.\d+)?)")  # `r_850`: variable r at le
 # the store's normalisation kind -> OpenSTL's metric convention (see the module docstring)
 OPENSTL_CONVENTIONS = {"minmax": "normalised values, per-frame sums",
                        "zscore": "physical values, per-pixel means per variable"}
-# the order of the keys in compute()'s dict: the headline metrics first
-_KEY_ORDER = [
-    "mse", "mae", "rmse", "ssim", "psnr",
-    "mse_phys", "mae_phys", "rmse_phys", "ssim_phys", "psnr_phys",
-    "ssim_openstl", "psnr_openstl",
-]  # fmt: skip
 
 # name -> shape kind of each sum in the state; the order fixes the flat layout
 _STATE_LAYOUT = {
@@ -542,7 +538,7 @@ class MetricAccumulator:
             if t_index is not None:
                 for key, total in per_t.items():
                     res[key] = float(total[t_index].sum()) / (n * frames)
-            return {key + suffix: res[key] for key in _KEY_ORDER if key in res}
+            return {key + suffix: res[key] for key in SCOPE_KEYS if key in res}
 
         out = scope("", (slice(None), slice(None)), slice(None), t_len * c_len, t_len)
         frame_px = px / n  # H * W

@@ -603,3 +603,25 @@ def test_the_context_builds_the_accumulator_its_fields_describe(tmp_path):
     period = Stats("zscore", np.array([5.0]), np.array([3.0]), "test")
     assert picked.with_stats(period) == MetricContext([5.0], [3.0], "zscore", ["blobs_1"])
 
+
+def test_every_view_of_the_headline_list_names_keys_the_accumulator_computes():
+    """A renamed key must fail here, not turn into a NaN column of some table."""
+    from simvp_ray import metric_keys, reporting
+    from simvp_ray.analysis import evaluation, experiment
+
+    acc = build(lat_weights=latitude_weights(LATS), climatology=torch.zeros(C, H, W))
+    acc.update(*make_batch(50))
+    got = acc.compute()
+    assert tuple(got)[:len(metric_keys.SCOPE_KEYS)] == metric_keys.SCOPE_KEYS  # compute()'s order
+    prefixes = {key.split("/")[0] for key in got}  # wrmse exists per channel only
+    views = {
+        "summary": metric_keys.SUMMARY_KEYS, "epoch": metric_keys.EPOCH_KEYS,
+        "reporting": reporting.METRICS, "overall": evaluation.OVERALL,
+        "per lead": [f"{key}/t1" for key in evaluation.PER_LEAD],
+        "openstl image": [f"{key}_openstl" for key in evaluation.OPENSTL_IMAGE],
+        "openstl weather": [f"{key}_openstl" for key in evaluation.OPENSTL_WEATHER],
+        "experiment": [c for c, _, _ in experiment.QUALITY + experiment.PAPER_IMAGE
+                       + experiment.PAPER_WEATHER] + experiment.PAPER_KEYS,
+    }
+    for view, keys in views.items():
+        assert [key for key in keys if key not in got and key not in prefixes] == [], view
