@@ -58,8 +58,8 @@ channel and lead: acc/<ch> = mean over samples of sum_hw(w f a) / sqrt(sum_hw(w 
 f = pred - K, a = target - K (WeatherBench 2's uncentred ACC; w = 1 without latitude weights; 0
 where an anomaly is identically zero).
 
-Distributed use: `flat = acc.state(); torch.distributed.all_reduce(flat); acc.load_state(flat)`
-(or `acc.all_reduce()`), then `acc.compute()` on any rank gives the global metrics.
+Distributed use: `flat = acc.state(); torch.distributed.all_reduce(flat); acc.load_state(flat)`,
+then `acc.compute()` on any rank gives the global metrics (the training loop's `evaluate`).
 """
 
 from __future__ import annotations
@@ -375,18 +375,6 @@ class MetricAccumulator:
             name: part.reshape(self._shape(kind)).clone()
             for (name, kind), part in zip(_STATE_LAYOUT.items(), parts)
         }
-
-    def all_reduce(self, group=None) -> None:
-        """Sum the state over the torch.distributed group in place (no-op when not initialised)."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            flat = self.state()
-            if dist.get_backend(group) == "nccl" and flat.device.type != "cuda":
-                # a worker that saw no batch still holds its state on the CPU
-                flat = flat.to(torch.device("cuda", torch.cuda.current_device()))
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-            self.load_state(flat)
 
     def _to(self, device: torch.device) -> None:
         # the accumulator follows the data, so the state is on the GPU when NCCL reduces it

@@ -323,7 +323,7 @@ def test_uneven_batches_equal_the_concatenation():
     assert_close_dicts(streamed.compute(), whole.compute(), rel=1e-12)
 
 
-def test_summed_states_equal_one_accumulator():
+def test_summed_states_equal_one_accumulator(tmp_path):
     batches = [make_batch(20 + i, batch=n) for i, n in enumerate((2, 3, 1))]
     kwargs = {"lat_weights": latitude_weights(LATS), "climatology": torch.zeros(C, H, W)}
     one, first, second = build(**kwargs), build(**kwargs), build(**kwargs)
@@ -334,8 +334,17 @@ def test_summed_states_equal_one_accumulator():
     assert state.dtype == torch.float64 and state.ndim == 1
     first.load_state(state + second.state())  # what all_reduce(SUM) does across two workers
     assert_close_dicts(first.compute(), one.compute(), rel=1e-12)
-    # all_reduce without a process group leaves the state alone
-    first.all_reduce()
+    # one worker's SUM all-reduce (state, all_reduce, load_state, as the loop) leaves it alone
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0,
+                            world_size=1)
+    try:
+        flat = first.state()
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        first.load_state(flat)
+    finally:
+        dist.destroy_process_group()
     assert_close_dicts(first.compute(), one.compute(), rel=1e-12)
 
 
