@@ -29,6 +29,7 @@ from simvp_ray.data import open_dataset, read_windows, window_starts
 from simvp_ray.distributed.trainer import ensure_synthetic_store, launch_run
 from simvp_ray.presets import get_preset
 from simvp_ray.train.loop import Runtime, run_training
+from simvp_ray.train.metrics import MetricContext
 
 
 def plain_epoch_times(config, threads: int, folder: Path) -> list[dict[str, float]]:
@@ -57,7 +58,7 @@ def plain_epoch_times(config, threads: int, folder: Path) -> list[dict[str, floa
     runtime = Runtime(train_batches=train_batches, val_batches=val_batches,
                       steps_per_epoch=len(train["x"]) // batch, checkpoint_dir=folder,
                       report=lambda metrics, ckpt: reports.append(metrics),
-                      mean=dataset.stats.offset, std=dataset.stats.scale,
+                      metrics=MetricContext(dataset.stats.offset, dataset.stats.scale, "zscore"),
                       log=lambda line: None)
     run_training(config, runtime)
     return reports

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from simvp_ray.data.schema import CorruptChunkError
+from simvp_ray.metric_keys import TABLE_COLUMNS
 
-METRICS = ("mse", "mae", "ssim", "psnr")
+METRICS = TABLE_COLUMNS  # the summary table's columns
 
 
 def format_summary(summary: dict[str, Any]) -> str:

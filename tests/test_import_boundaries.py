@@ -31,6 +31,8 @@ RULES = [
     ("simvp_ray/plan.py", ("ray", "simvp_ray.distributed", "simvp_ray.data.ray_data")),
     ("simvp_ray/progress.py", ("ray", "torch", "simvp_ray.")),
     ("simvp_ray/reporting.py", ("ray", "torch", "simvp_ray.distributed", "simvp_ray.train")),
+    # the metric names: read by reporting and analysis, which must not pull torch
+    ("simvp_ray/metric_keys.py", ("torch", "ray", "numpy", "simvp_ray.")),
 ]
 # Ray Data lives in one module of the data layer; ray.train / ray.tune in one subpackage.
 RAY_DATA_MODULE = "simvp_ray/data/ray_data.py"

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from simvp_ray.metric_keys import HEADLINE, TABLE_COLUMNS, WEATHER_TABLE_COLUMNS, physical
+
 FORECASTS = ("model", "persistence", "climatology")
-OVERALL = ("mse", "mae", "rmse", "ssim", "psnr", "rmse_phys", "mae_phys")
+# each table's columns: overall, per lead time, OpenSTL's image / weather tables (*_openstl)
+OVERALL = HEADLINE + physical(("rmse", "mae"))
 PER_LEAD = ("mse", "rmse_phys", "ssim")
-OPENSTL_IMAGE = ("mse", "mae", "ssim", "psnr")
-OPENSTL_WEATHER = ("mse", "mae", "rmse")
+OPENSTL_IMAGE = TABLE_COLUMNS
+OPENSTL_WEATHER = WEATHER_TABLE_COLUMNS
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -27,18 +27,27 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from simvp_ray.config import RunConfig, flatten, from_dict, override  # noqa: E402
+from simvp_ray.metric_keys import (  # noqa: E402
+    OPENSTL_SPATIAL_NORM,
+    TABLE_COLUMNS,
+    WEATHER_TABLE_COLUMNS,
+    lower_is_better,
+)
 
 MANIFEST_FILE = "simvp_experiment.json"  # kind, base config, trials: simvp_ray.distributed.tune
 FINISHED, STOPPED, FAILED, UNFINISHED = "finished", "stopped early", "failed", "unfinished"
+
+
+def _quality(keys: tuple[str, ...], suffix: str = "") -> list[tuple[str, str, bool]]:
+    return [(key + suffix, key.upper(), lower_is_better(key)) for key in keys]
+
+
 # (column, label in the table, lower is better); params/FLOPs/time/speed are not "best" cells
-QUALITY = [("mse", "MSE", True), ("mae", "MAE", True), ("ssim", "SSIM", False),
-           ("psnr", "PSNR", False)]  # ours; the table's columns for runs without *_openstl keys
+QUALITY = _quality(TABLE_COLUMNS)  # ours; the table's columns for runs without *_openstl keys
 # The published tables' columns (OpenSTL's metric(), simvp_ray.train.metrics), chosen by the
 # run's openstl_spatial_norm: 0 = Moving MNIST / TaxiBJ, 1 = weather (per-variable means)
-PAPER_IMAGE = [("mse_openstl", "MSE", True), ("mae_openstl", "MAE", True),
-               ("ssim_openstl", "SSIM", False), ("psnr_openstl", "PSNR", False)]
-PAPER_WEATHER = [("mse_openstl", "MSE", True), ("mae_openstl", "MAE", True),
-                 ("rmse_openstl", "RMSE", True)]
+PAPER_IMAGE = _quality(TABLE_COLUMNS, "_openstl")
+PAPER_WEATHER = _quality(WEATHER_TABLE_COLUMNS, "_openstl")
 PAPER_UNITS = {
     "image": "Quality columns in OpenSTL's published units (Moving MNIST / TaxiBJ tables): MSE and "
              "MAE summed over C x H x W per frame on the [0, 1] scale, SSIM (scikit-image, 7x7, "
@@ -49,7 +58,7 @@ PAPER_UNITS = {
     "ours": "Quality columns: validation MSE / MAE per pixel (normalised), SSIM / PSNR "
             "(Gaussian 11x11, range 1); this run reported no OpenSTL-unit metrics.",
 }
-PAPER_KEYS = ["openstl_spatial_norm"] + [c for c, _, _ in PAPER_IMAGE + PAPER_WEATHER[2:]]
+PAPER_KEYS = [OPENSTL_SPATIAL_NORM] + [c for c, _, _ in PAPER_IMAGE + PAPER_WEATHER[2:]]
 COST = [("params_m", "Params (M)"), ("gflops", "FLOPs (G)"),
         ("epoch_time_s", "Train time / epoch (s)"),
         ("infer_samples_per_s", "Inference (samples/s)")]

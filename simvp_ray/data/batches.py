@@ -27,14 +27,9 @@ BUFFER_BYTES = 256 << 20  # frames the iterator holds at once; windows are cut a
 
 
 def channel_indices(dataset: Dataset, channels: Sequence[str] | None) -> list[int] | None:
-    """Indices of named channels (None = all); a ValueError lists the store's channels."""
-    if channels is None:
-        return None
-    names = dataset.channels
-    unknown = [name for name in channels if name not in names]
-    if unknown:
-        raise DatasetError(f"{dataset.url}: no channel {unknown}; valid: {names}")
-    return [names.index(name) for name in channels]
+    """The readers' `picked`: indices of named channels (`Dataset.select`), or None for every
+    channel (read without indexing); a ValueError lists the store's channels."""
+    return dataset.select(channels)[0] if channels else None
 
 
 def span_groups(starts: np.ndarray, extent: int, chunk_frames: int) -> list[np.ndarray]:

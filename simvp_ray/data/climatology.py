@@ -11,6 +11,7 @@ data. Both serve as the climatology baseline and ACC reference of `jobs/evaluate
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -63,13 +64,12 @@ def train_climatology(dataset: Dataset, channels: Sequence[str] | None = None) -
 def split_stats(dataset: Dataset, split: str, channels: Sequence[str] | None = None) -> Stats:
     """Per-channel z-score statistics of the valid frames of `split` (population std)."""
     picked = channel_indices(dataset, channels)
-    stats = StatsAccumulator(len(picked) if picked is not None else len(dataset.channels))
+    accumulator = StatsAccumulator(len(picked) if picked is not None else len(dataset.channels))
     for _, block in _valid_blocks(dataset, split, picked):
-        stats.add(block)
-    if stats.count == 0:
+        accumulator.add(block)
+    if accumulator.count == 0:
         raise _no_valid_frame(dataset, split, "statistics")
-    std = np.sqrt(stats.m2 / stats.count)
-    return Stats("zscore", stats.mean.copy(), np.where(std > 0, std, 1.0), split)
+    return dataclasses.replace(accumulator.stats("zscore"), fitted_on=split)
 
 
 def _calendar(times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

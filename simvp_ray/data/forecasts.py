@@ -135,7 +135,7 @@ def _write_layout(url: str, layout: ForecastLayout, request: dict[str, Any],
                   storage_options: dict | None) -> None:
     source = layout.source
     names = layout.channels
-    picked = [source.channels.index(name) for name in names]
+    picked, stats = source.select(names)
     num_leads, num_channels = len(layout.lead_steps), len(names)
     n = len(layout.init_steps)
     height, width = source.frames.shape[2:]
@@ -158,7 +158,7 @@ def _write_layout(url: str, layout: ForecastLayout, request: dict[str, Any],
             group.create_array(name, shape=values.shape, dtype="float64")[:] = values
     steps = np.diff(layout.init_steps)
     every = int(steps[0]) if len(steps) else 1
-    stats = source.stats.select(np.tile(picked, num_leads))  # lead-major, as the channels
+    stats = stats.select(np.tile(np.arange(num_channels), num_leads))  # lead-major, as channels
     units = [source.units[i] for i in picked]
     group.attrs.update({
         "schema": schema.SCHEMA_NAME,

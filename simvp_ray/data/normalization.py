@@ -25,14 +25,6 @@ class Stats:
     fitted_on: str  # "train" or "fixed" (a documented constant such as MNIST's 0..255)
 
     @property
-    def mean(self) -> np.ndarray:
-        return self.offset
-
-    @property
-    def std(self) -> np.ndarray:
-        return self.scale
-
-    @property
     def min(self) -> np.ndarray:
         return self.offset
 

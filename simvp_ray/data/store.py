@@ -8,6 +8,7 @@ then marks the store complete (an interrupted conversion leaves `complete=False`
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,18 @@ class Dataset:
     @property
     def n_steps(self) -> int:
         return int(self.frames.shape[0])
+
+    def select(self, names: Sequence[str] | None = None) -> tuple[list[int], Stats]:
+        """(indices, normalisation statistics) of the named channels, in this order; None or no
+        names: every channel. The one place channel names become indices and statistics."""
+        channels = self.channels
+        if not names:
+            return list(range(len(channels))), self.stats
+        unknown = [name for name in names if name not in channels]
+        if unknown:
+            raise DatasetError(f"{self.url}: no channel {unknown}; valid: {channels}")
+        picked = [channels.index(name) for name in names]
+        return picked, self.stats.select(picked)
 
     def read_frames(self, a: int, b: int, picked: list[int] | None = None) -> np.ndarray:
         """frames[a:b] (of the picked channels); a chunk that fails to decode is a

@@ -46,12 +46,7 @@ from simvp_ray.progress import Progress
 from simvp_ray.reporting import data_faults_raised_plain
 from simvp_ray.train.checkpoint import ModelState
 from simvp_ray.train.loop import speed_options
-from simvp_ray.train.metrics import (
-    MetricAccumulator,
-    latitude_weights,
-    openstl_variables,
-    persistence_forecast,
-)
+from simvp_ray.train.metrics import MetricContext, openstl_variables, persistence_forecast
 from simvp_ray.train.performance import autocast
 
 FORECASTS = ("model", "persistence", "climatology")
@@ -68,17 +63,6 @@ CLIMATOLOGY_DEFINITIONS = {
                    "split, 61-day window, at each target frame's valid time",
 }
 METRICS_FILE, TABLE_FILE = "metrics.json", "metrics.md"
-
-
-def build_accumulator(setup: dict[str, Any], device: torch.device | str = "cpu"
-                      ) -> MetricAccumulator:
-    """The accumulator every actor and the driver share (same layout of sums)."""
-    lat = setup["lat"]
-    return MetricAccumulator(
-        setup["out_frames"], setup["channels"], mean=setup["mean"], std=setup["std"],
-        channel_names=setup["channel_names"],
-        lat_weights=None if lat is None else latitude_weights(lat), device=device,
-        normalization=setup["normalization"])
 
 
 def window_climatology(setup: dict[str, Any], t0: np.ndarray | None, batch_size: int
@@ -123,7 +107,8 @@ class WindowScorer:
                      "climatology": clim}
         row = {"windows": np.array([len(x)])}
         for name, forecast in forecasts.items():
-            accumulator = build_accumulator(self.setup, self.device)
+            accumulator = self.setup["metrics"].accumulator(out_frames, self.setup["channels"],
+                                                            self.device)
             accumulator.update(forecast, y, climatology=clim)
             row[name] = accumulator.state().cpu().numpy()[None]  # (1, S) float64 sums
         return row
@@ -135,7 +120,7 @@ def protocol_stats(dataset, split: str, names: list[str], protocol: str
     with) for `protocol`; a ValueError for a protocol the store cannot support."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol {protocol!r}; valid: {list(PROTOCOLS)}")
-    train = dataset.stats.select([dataset.channels.index(name) for name in names])
+    _, train = dataset.select(names)
     if protocol == "default":
         return train, train
     if train.kind != "zscore":
@@ -186,7 +171,7 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
     if split not in dataset.splits:
         raise ValueError(f"{dataset.url}: no split {split!r}; valid: {sorted(dataset.splits)}")
     inputs, denorm = protocol_stats(dataset, split, names, protocol)
-    train = dataset.stats.select([dataset.channels.index(name) for name in names])
+    picked, train = dataset.select(names)
     clim_kind, clim_reason = resolve_climatology(dataset, climatology)
     ensure_ray(num_actors)
     quiet_ray_data()
@@ -201,9 +186,8 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
     target = offsets[config.model.in_frames:]
     setup = {
         "out_frames": config.model.out_frames, "channels": config.model.channels,
-        "mean": denorm.offset.tolist(), "std": denorm.scale.tolist(),
-        "normalization": denorm.kind,
-        "channel_names": names, "lat": None if dataset.lat is None else dataset.lat.tolist(),
+        # every actor and the driver build the same accumulator (same layout of sums)
+        "metrics": MetricContext.from_dataset(dataset, names).with_stats(denorm),
         "renorm": renormalization(train, inputs),
         **climatology_setup(dataset, names, split, clim_kind, inputs, target - target[0]),
     }
@@ -223,7 +207,7 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
         "checkpoint": fetched.url, "checkpoint_sha256": fetched.sha256,
         "epoch": fetched.payload.epoch, "data": config.data.url, "split": split,
         "windows": int(totals["windows"]), "channels": names,
-        "units": [dataset.units[dataset.channels.index(name)] for name in names],
+        "units": [dataset.units[index] for index in picked],
         "out_frames": config.model.out_frames,
         "protocol": protocol,
         "protocol_definition": PROTOCOL_DEFINITIONS[protocol],
@@ -234,7 +218,7 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
     if protocol == "openstl":
         results["period_stats"] = {"mean": inputs.offset.tolist(), "std": inputs.scale.tolist()}
     for name in FORECASTS:
-        accumulator = build_accumulator(setup)
+        accumulator = setup["metrics"].accumulator(setup["out_frames"], setup["channels"])
         accumulator.load_state(torch.from_numpy(totals[name]))
         results[name] = accumulator.compute()
     if cost:

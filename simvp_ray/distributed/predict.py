@@ -62,8 +62,7 @@ class ChunkForecaster:
         self.inputs, leads = input_and_lead_steps(self.config)
         self.num_leads = len(leads)
         self.batch_size = batch_size
-        picked = [self.source.channels.index(name) for name in channels]
-        self.stats = self.source.stats.select(picked)
+        _, self.stats = self.source.select(channels)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         made = []

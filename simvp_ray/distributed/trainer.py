@@ -31,6 +31,7 @@ from simvp_ray.data import open_dataset
 from simvp_ray.data.ray_data import check_windows, plan_data
 from simvp_ray.data.synthetic import write_synthetic
 from simvp_ray.distributed.worker import STOPPED, train_worker
+from simvp_ray.metric_keys import SUMMARY_KEYS
 from simvp_ray.plan import check_plan, store_fingerprint
 from simvp_ray.train.checkpoint import (
     STORE_FILE,
@@ -40,6 +41,7 @@ from simvp_ray.train.checkpoint import (
 )
 from simvp_ray.train.inference import forecast_window
 from simvp_ray.train.methods import check_method
+from simvp_ray.train.metrics import MetricContext
 
 RESULT_FILE = "result.json"
 SYNTHETIC_VERSION = "v1"
@@ -205,16 +207,10 @@ def build_trainer(config: RunConfig, *, storage: str, name: str,
     data_plan = plan_data(config.data, config.model)
     print(f"data: {data_plan['mode']} ({data_plan['why']})", flush=True)
     dataset = open_dataset(config.data.url)
-    names = list(config.data.channels) or dataset.channels
-    picked = [dataset.channels.index(name) for name in names]
     loop_config = {
         "config": to_dict(config),
         "data_plan": data_plan,  # holds the resident splits' object refs: alive while we are
-        "mean": dataset.stats.offset[picked].tolist(),
-        "std": dataset.stats.scale[picked].tolist(),
-        "normalization": dataset.stats.kind,  # OpenSTL's metric convention for this store
-        "channel_names": names,
-        "lat": None if dataset.lat is None else dataset.lat.tolist(),
+        "metrics": MetricContext.from_dataset(dataset, config.data.channels).to_dict(),
         "fit_id": uuid.uuid4().hex,  # tells a Ray restart within this fit from a --resume
         "store": store_fingerprint(dataset),
     }
@@ -289,9 +285,10 @@ def save_validation_panel(payload: CheckpointPayload, config: RunConfig,
     dataset = open_dataset(config.data.url)
     names = list(config.data.channels) or dataset.channels
     sample = forecast_window(payload, config, dataset, names, "val")
+    picked, _ = dataset.select(names)
     return plot_forecast_panel(
         sample["x"], sample["y"], sample["pred"], path, channel_name=names[0],
-        units=dataset.units[dataset.channels.index(names[0])],
+        units=dataset.units[picked[0]],
         title=f"{config.name}: validation window, epoch {payload.epoch + 1}, {names[0]}")
 
 
@@ -342,7 +339,7 @@ def summarize(result: ray.train.Result, config: RunConfig, storage: str, name: s
     final = history[-1]
     best = min(history, key=lambda row: row["val/mse"])
     best_checkpoint = result.get_best_checkpoint("val/mse", "min") or result.checkpoint
-    headline = ("mse", "mae", "rmse", "ssim", "psnr", "mse_phys", "mae_phys", "rmse_phys")
+    headline = SUMMARY_KEYS
 
     def pick(row: dict[str, float], prefix: str) -> dict[str, float]:
         return {key: row[f"{prefix}/{key}"] for key in headline if f"{prefix}/{key}" in row}

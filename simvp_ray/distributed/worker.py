@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -32,6 +31,7 @@ from simvp_ray.train.checkpoint import (
     save_run_record,
 )
 from simvp_ray.train.loop import NonFiniteLossError, Runtime, run_training
+from simvp_ray.train.metrics import MetricContext
 
 STOPPED = "stopped"  # key of the return value when training stopped on a non-finite loss
 
@@ -130,10 +130,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
         runtime = Runtime(
             train_batches=train_batches, val_batches=val_batches,
             steps_per_epoch=steps_per_epoch, checkpoint_dir=Path(checkpoint_dir),
-            report=report, device=device, mean=np.asarray(loop_config["mean"]),
-            std=np.asarray(loop_config["std"]), channel_names=loop_config["channel_names"],
-            normalization=loop_config.get("normalization", "zscore"),
-            latitudes=None if loop_config["lat"] is None else np.asarray(loop_config["lat"]),
+            report=report, device=device, metrics=MetricContext.from_dict(loop_config["metrics"]),
             rank=rank,
             world_size=world,
             wrap_model=lambda model: ray.train.torch.prepare_model(model, move_to_device=False),

@@ -53,7 +53,7 @@ def forecast_window(payload: CheckpointPayload | ModelState, config: RunConfig, 
                                      model.out_frames, window.frame_step, offsets=offsets,
                                      channels=channels, normalized=normalized)
             for normalized in (True, False)}
-    stats = dataset.stats.select([dataset.channels.index(name) for name in channels])
+    _, stats = dataset.select(channels)
     pred = denormalize(predict_numpy(model_from_checkpoint(payload), read[True]["x"]), stats)
     return {"x": read[False]["x"][0], "y": read[False]["y"][0], "pred": pred[0],
             "index": index, "start": int(starts[index])}

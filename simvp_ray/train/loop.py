@@ -19,12 +19,13 @@ import numpy as np
 import torch
 
 from simvp_ray.config import RunConfig
+from simvp_ray.metric_keys import EPOCH_KEYS  # reported each epoch, per lead time too
 from simvp_ray.models import build_model, to_openstl_state_dict
 from simvp_ray.models.openstl import load_checked
 from simvp_ray.models.profile import count_flops
 from simvp_ray.train.checkpoint import CheckpointPayload, save_checkpoint, set_rng_state
 from simvp_ray.train.methods import build_method
-from simvp_ray.train.metrics import MetricAccumulator, latitude_weights, persistence_forecast
+from simvp_ray.train.metrics import MetricAccumulator, MetricContext, persistence_forecast
 from simvp_ray.train.optim import build_optimizer, build_scheduler
 from simvp_ray.train.performance import (
     SpeedOptions,
@@ -36,12 +37,6 @@ from simvp_ray.train.performance import (
 )
 
 Batch = Mapping[str, Any]  # {"x": (B, T_in, C, H, W), "y": (B, T_out, C, H, W)} arrays/tensors
-# The headline keys reported each epoch; per-lead-time keys are reported for these too.
-HEADLINE = ("mse", "mae", "rmse", "ssim", "psnr", "mse_phys", "mae_phys", "rmse_phys",
-            "mse_frame_sum", "mae_frame_sum", "wrmse", "wrmse_phys",
-            # OpenSTL's published-table columns (the paper table of jobs/analyze.py)
-            "mse_openstl", "mae_openstl", "rmse_openstl", "ssim_openstl", "psnr_openstl",
-            "openstl_spatial_norm")
 # Steps between non-finite loss checks: each check is a host sync and an all-reduce, so it is
 # amortised; every worker checks at the same steps and again before any checkpoint is written.
 FINITE_CHECK_EVERY = 32
@@ -61,11 +56,8 @@ class Runtime:
     checkpoint_dir: Path  # where this worker may write checkpoint folders before reporting
     report: Callable[[dict[str, float], Path | None], None]  # every worker, every epoch
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    mean: np.ndarray | None = None  # per-channel normalisation, for metrics in physical units
-    std: np.ndarray | None = None
-    normalization: str = "zscore"  # the store's kind: OpenSTL's metric convention (metrics.py)
-    channel_names: list[str] | None = None
-    latitudes: np.ndarray | None = None  # (H,) degrees: latitude-weighted RMSE (WeatherBench)
+    # normalisation, channel names, latitudes; None: metrics in normalised units only
+    metrics: MetricContext | None = None
     rank: int = 0
     world_size: int = 1
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model  # e.g. DDP
@@ -117,11 +109,10 @@ def evaluate(model: torch.nn.Module, batches: Iterable[Batch], runtime: Runtime,
              options: SpeedOptions, out_frames: int, channels: int) -> dict[str, float]:
     """Validation metrics of the model and of persistence, reduced exactly over workers."""
     model.eval()
-    lat_weights = None if runtime.latitudes is None else latitude_weights(runtime.latitudes)
     accumulators = {
-        name: MetricAccumulator(out_frames, channels, mean=runtime.mean, std=runtime.std,
-                                channel_names=runtime.channel_names, lat_weights=lat_weights,
-                                device=runtime.device, normalization=runtime.normalization)
+        name: MetricAccumulator(out_frames, channels, device=runtime.device)
+        if runtime.metrics is None else
+        runtime.metrics.accumulator(out_frames, channels, runtime.device)
         for name in ("val", "val_persistence")
     }
     with torch.no_grad():
@@ -138,7 +129,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable[Batch], runtime: Runtime,
         accumulator.load_state(state)
         values = accumulator.compute()
         metrics.update({f"{prefix}/{key}": value for key, value in values.items()
-                        if key.split("/")[0] in HEADLINE})
+                        if key.split("/")[0] in EPOCH_KEYS})
     return metrics
 
 

@@ -2,28 +2,29 @@
 all-reduce their state and divide once (never an average of averages). Torch only; runs on GPU.
 
 Notation: pred, target are (B, T, C, H, W) in normalised units; e = pred - target; a "frame" is
-one (b, t) pair, a "sample" one (b, t, c) map; std_c, mean_c the per-channel normalisation
-(physical x = x_norm * std_c + mean_c; 1 and 0 when none is given); N the number of sequences
-accumulated. Every mean below runs over all N sequences of all batches.
+one (b, t) pair, a "sample" one (b, t, c) map; scale_c, offset_c the per-channel normalisation
+(physical x = x_norm * scale_c + offset_c; 1 and 0 when none is given; a z-score store's std and
+mean, a min-max store's max - min and min); N the number of sequences accumulated. Every mean
+below runs over all N sequences of all batches.
 
 Overall keys (each also per lead time as `<key>/t1` ... `<key>/tT`, a mean over that lead only):
   mse, mae          mean over (b, t, c, h, w) of e^2, |e|                       (per-pixel means)
   rmse              sqrt(mse)  (pooled: the root of the mean, not a mean of roots)
-  mse_phys, mae_phys, rmse_phys   the same on physical values: e_c * std_c
+  mse_phys, mae_phys, rmse_phys   the same on physical values: e_c * scale_c
   ssim              mean over samples of the mean SSIM map (Wang et al. 2004): Gaussian window
                     11x11, sigma 1.5, "valid" filtering (no padding), population (co)variances,
                     applied as banded matrix products (same sums as conv2d, faster on CPU),
                     C1 = (0.01 R_c)^2, C2 = (0.03 R_c)^2 with R_c = data_range (normalised units);
                     the window shrinks to the largest odd size <= min(H, W) on smaller grids
   ssim_phys         the same on physical values with R_c = data_range_phys[c]
-                    (default data_range * std_c; SSIM is not shift-invariant, so it differs)
+                    (default data_range * scale_c; SSIM is not shift-invariant, so it differs)
   psnr, psnr_phys   mean over frames of -10 log10(mean over (c, h, w) of (e_c / R_c)^2), each
                     frame's MSE floored at 1e-10, so a perfect frame scores 100 dB, not inf
 OpenSTL's published-table metrics (openstl/core/metrics.py `metric()`, skimage <= 0.19, which it
 pins), on OpenSTL's values v: the store's `normalization` picks them. "minmax" stores (Moving
 MNIST, TaxiBJ) hold OpenSTL's [0, 1] scale as our normalised values (its mean 0 / std 1), so
-v = pred, target; "zscore" stores (weather) are de-normalised with mean/std, as OpenSTL does with
-its loader's statistics, so v = physical values:
+v = pred, target; "zscore" stores (weather) are de-normalised with offset / scale (the training
+mean / std), as OpenSTL does with its loader's statistics, so v = physical values:
   ssim_openstl      OpenSTL's `cal_ssim` on v with the prediction (only) clipped to [0, 1]:
                     skimage's structural_similarity defaults per channel (7x7 uniform window,
                     sample covariance x 49/48, data range 2 = the float dtype range [-1, 1],
@@ -46,29 +47,37 @@ Overall only: every *_openstl key but ssim_openstl / psnr_openstl (those also pe
 Per channel `<ch>` (only when channel_names are given): every per-lead key above but psnr*.
 With latitude weights w (H,) or (H, W), normalised here to mean 1 over the grid (WeatherBench 2's
 cell areas, see `latitude_weights`), per channel and per lead `.../t<k>`:
-  wmse/<ch>         mean over samples of mean_hw(w e^2); wmse_phys/<ch> = wmse/<ch> * std_c^2
+  wmse/<ch>         mean over samples of mean_hw(w e^2); wmse_phys/<ch> = wmse/<ch> * scale_c^2
   wrmse/<ch>        sqrt(wmse/<ch>): the root after the mean over forecasts (init times), the
                     headline weather RMSE (WeatherBench 1, and WeatherBench 2's current `RMSE`);
-                    overall, the root of the mean over forecasts and leads. wrmse_phys = * std_c
+                    overall, the root of the mean over forecasts and leads. wrmse_phys = * scale_c
   wrmse_sqrt_before_time_avg/<ch>   mean over samples of sqrt(mean_hw(w e^2)): WeatherBench 2's
-                    `RMSESqrtBeforeTimeAvg` (root per forecast, then the mean); (_phys: * std_c)
+                    `RMSESqrtBeforeTimeAvg` (root per forecast, then the mean); (_phys: * scale_c)
 With a climatology K ((C, H, W), (T, C, H, W), or per batch (B, T, C, H, W); normalised units), per
 channel and lead: acc/<ch> = mean over samples of sum_hw(w f a) / sqrt(sum_hw(w f^2) sum_hw(w a^2)),
 f = pred - K, a = target - K (WeatherBench 2's uncentred ACC; w = 1 without latitude weights; 0
 where an anomaly is identically zero).
 
-Distributed use: `flat = acc.state(); torch.distributed.all_reduce(flat); acc.load_state(flat)`
-(or `acc.all_reduce()`), then `acc.compute()` on any rank gives the global metrics.
+Distributed use: `flat = acc.state(); torch.distributed.all_reduce(flat); acc.load_state(flat)`,
+then `acc.compute()` on any rank gives the global metrics (the training loop's `evaluate`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+from simvp_ray.metric_keys import SCOPE_KEYS  # the order of each scope's keys in compute()
+
+if TYPE_CHECKING:
+    from simvp_ray.data.normalization import Stats
+    from simvp_ray.data.store import Dataset
 
 PSNR_MSE_FLOOR = 1e-10  # caps PSNR at 100 dB so one perfect frame does not make the mean inf
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Wang et al. 2004
@@ -78,12 +87,6 @@ _LEVEL_SUFFIX = re.compile(r"(.+)_(\d+(?:\.\d+)?)")  # `r_850`: variable r at le
 # the store's normalisation kind -> OpenSTL's metric convention (see the module docstring)
 OPENSTL_CONVENTIONS = {"minmax": "normalised values, per-frame sums",
                        "zscore": "physical values, per-pixel means per variable"}
-# the order of the keys in compute()'s dict: the headline metrics first
-_KEY_ORDER = [
-    "mse", "mae", "rmse", "ssim", "psnr",
-    "mse_phys", "mae_phys", "rmse_phys", "ssim_phys", "psnr_phys",
-    "ssim_openstl", "psnr_openstl",
-]  # fmt: skip
 
 # name -> shape kind of each sum in the state; the order fixes the flat layout
 _STATE_LAYOUT = {
@@ -242,9 +245,10 @@ def _per_channel(values, num_channels: int, name: str) -> Tensor:
 class MetricAccumulator:
     """Accumulates metric sums over batches; see the module docstring for every key's definition.
 
-    mean, std: per-channel normalisation (length C) or None (physical = normalised).
+    offset, scale: per-channel normalisation (length C; physical = normalised * scale + offset)
+    or None (physical = normalised).
     data_range: R for SSIM/PSNR in normalised units; data_range_phys: per-channel R in physical
-    units (default data_range * std). lat_weights: (H,) or (H, W), renormalised to mean 1.
+    units (default data_range * scale). lat_weights: (H,) or (H, W), renormalised to mean 1.
     climatology: (C, H, W) or (T, C, H, W) in normalised units, for ACC.
     normalization: the store's kind, "zscore" or "minmax": OpenSTL's convention for *_openstl.
     """
@@ -254,8 +258,8 @@ class MetricAccumulator:
         num_frames: int,
         num_channels: int,
         *,
-        mean: Sequence[float] | Tensor | None = None,
-        std: Sequence[float] | Tensor | None = None,
+        offset: Sequence[float] | Tensor | None = None,
+        scale: Sequence[float] | Tensor | None = None,
         channel_names: Sequence[str] | None = None,
         data_range: float = 1.0,
         data_range_phys: Sequence[float] | Tensor | None = None,
@@ -268,29 +272,29 @@ class MetricAccumulator:
             raise ValueError(
                 f"num_frames and num_channels must be >= 1, got {num_frames}, {num_channels}"
             )
-        if (mean is None) != (std is None):
-            raise ValueError("give both mean and std for denormalisation, or neither")
+        if (offset is None) != (scale is None):
+            raise ValueError("give both offset and scale for denormalisation, or neither")
         if data_range <= 0:
             raise ValueError(f"data_range must be > 0, got {data_range}")
         if normalization not in OPENSTL_CONVENTIONS:
             raise ValueError(f"normalization {normalization!r}; valid: {list(OPENSTL_CONVENTIONS)}")
         self.normalization = normalization
         self.num_frames, self.num_channels = num_frames, num_channels
-        self.mean = (
+        self.offset = (
             torch.zeros(num_channels, dtype=torch.float64)
-            if mean is None
-            else _per_channel(mean, num_channels, "mean")
+            if offset is None
+            else _per_channel(offset, num_channels, "offset")
         )
-        self.std = (
+        self.scale = (
             torch.ones(num_channels, dtype=torch.float64)
-            if std is None
-            else _per_channel(std, num_channels, "std")
+            if scale is None
+            else _per_channel(scale, num_channels, "scale")
         )
-        if bool((self.std <= 0).any()):
-            raise ValueError(f"std must be > 0 for every channel, got {self.std.tolist()}")
+        if bool((self.scale <= 0).any()):
+            raise ValueError(f"scale must be > 0 for every channel, got {self.scale.tolist()}")
         self.data_range = torch.full((num_channels,), float(data_range), dtype=torch.float64)
         self.data_range_phys = (
-            self.data_range * self.std
+            self.data_range * self.scale
             if data_range_phys is None
             else _per_channel(data_range_phys, num_channels, "data_range_phys")
         )
@@ -372,18 +376,6 @@ class MetricAccumulator:
             for (name, kind), part in zip(_STATE_LAYOUT.items(), parts)
         }
 
-    def all_reduce(self, group=None) -> None:
-        """Sum the state over the torch.distributed group in place (no-op when not initialised)."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            flat = self.state()
-            if dist.get_backend(group) == "nccl" and flat.device.type != "cuda":
-                # a worker that saw no batch still holds its state on the CPU
-                flat = flat.to(torch.device("cuda", torch.cuda.current_device()))
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-            self.load_state(flat)
-
     def _to(self, device: torch.device) -> None:
         # the accumulator follows the data, so the state is on the GPU when NCCL reduces it
         self.device = device
@@ -427,8 +419,8 @@ class MetricAccumulator:
         b, t, c, h, w = pred.shape
         sums = self.sums
         channel = (1, 1, c, 1, 1)
-        std = self.std.to(device).view(channel)
-        mean = self.mean.to(device).view(channel)
+        scale = self.scale.to(device).view(channel)
+        offset = self.offset.to(device).view(channel)
         err = pred - target  # (B, T, C, H, W)
         sums["sequences"] += b
         sums["pixels"] += b * h * w
@@ -437,13 +429,13 @@ class MetricAccumulator:
 
         # SSIM / PSNR in normalised and physical units, and OpenSTL's variant
         gauss = gaussian_window(_window_size(SSIM_WINDOW, h, w), SSIM_SIGMA).to(device)
-        pred_phys, target_phys = pred * std + mean, target * std + mean
+        pred_phys, target_phys = pred * scale + offset, target * scale + offset
         range_norm = self.data_range.to(device)
         range_phys = self.data_range_phys.to(device)
         sums["ssim"] += ssim_per_sample(pred, target, range_norm, gauss).sum(0)
         sums["ssim_phys"] += ssim_per_sample(pred_phys, target_phys, range_phys, gauss).sum(0)
         sums["psnr"] += _psnr((err / range_norm.view(channel)) ** 2).sum(0)
-        sums["psnr_phys"] += _psnr((err * std / range_phys.view(channel)) ** 2).sum(0)
+        sums["psnr_phys"] += _psnr((err * scale / range_phys.view(channel)) ** 2).sum(0)
 
         # OpenSTL's values: its [0, 1] scale is our normalised one on min-max stores
         if self.normalization == "minmax":
@@ -512,13 +504,13 @@ class MetricAccumulator:
             raise RuntimeError("no batches accumulated: call update() before compute()")
         px = float(s["pixels"])
         t_len, c_len = self.num_frames, self.num_channels
-        std = self.std
+        scale = self.scale
         # (T, C) sums and the count behind each element
         per_tc = {
             "mse": (s["se"], px),
             "mae": (s["ae"], px),
-            "mse_phys": (s["se"] * std**2, px),
-            "mae_phys": (s["ae"] * std, px),
+            "mse_phys": (s["se"] * scale**2, px),
+            "mae_phys": (s["ae"] * scale, px),
             "ssim": (s["ssim"], n),
             "ssim_phys": (s["ssim_phys"], n),
             "ssim_openstl": (s["ssim_openstl"], n),
@@ -534,7 +526,7 @@ class MetricAccumulator:
             if t_index is not None:
                 for key, total in per_t.items():
                     res[key] = float(total[t_index].sum()) / (n * frames)
-            return {key + suffix: res[key] for key in _KEY_ORDER if key in res}
+            return {key + suffix: res[key] for key in SCOPE_KEYS if key in res}
 
         out = scope("", (slice(None), slice(None)), slice(None), t_len * c_len, t_len)
         frame_px = px / n  # H * W
@@ -554,11 +546,11 @@ class MetricAccumulator:
         weather = []
         if self.lat_weights is not None:
             weather += [("wmse", s["wmse"], n, ones, False),
-                        ("wmse_phys", s["wmse"], n, std**2, False),
+                        ("wmse_phys", s["wmse"], n, scale**2, False),
                         ("wrmse", s["wmse"], n, ones, True),
-                        ("wrmse_phys", s["wmse"], n, std**2, True),
+                        ("wrmse_phys", s["wmse"], n, scale**2, True),
                         ("wrmse_sqrt_before_time_avg", s["wrmse"], n, ones, False),
-                        ("wrmse_sqrt_before_time_avg_phys", s["wrmse"], n, std, False)]
+                        ("wrmse_sqrt_before_time_avg_phys", s["wrmse"], n, scale, False)]
         acc_n = float(s["acc_sequences"])
         if acc_n > 0:
             weather += [("acc", s["acc"], acc_n, ones, False)]
@@ -580,8 +572,8 @@ class MetricAccumulator:
             return {"mse_openstl": mse, "mae_openstl": mae, "rmse_openstl": math.sqrt(mse),
                     "openstl_spatial_norm": 0.0}
         # spatial_norm=True: per-pixel means of physical errors, per variable, then averaged
-        se = s["se"].sum(0) * self.std**2  # (C,)
-        ae = s["ae"].sum(0) * self.std
+        se = s["se"].sum(0) * self.scale**2  # (C,)
+        ae = s["ae"].sum(0) * self.scale
         per_var = {}
         for var, channels in self.variables.items():
             count = px * t_len * len(channels)
@@ -595,3 +587,74 @@ class MetricAccumulator:
                 out.update({f"{key}_openstl/{var}": value
                             for key, value in zip(("mse", "mae", "rmse"), values)})
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricContext:
+    """What the metrics know of the data besides the forecasts, handed from the driver to the
+    training loop and the evaluation actors: per-channel offset and scale (physical = normalised
+    * scale + offset), the store's normalisation kind (OpenSTL's convention), the channel names
+    (None: no per-channel keys) and the grid's latitudes in degrees (None: no weighted keys).
+
+    `to_dict` / `from_dict` round-trip exactly; a dict missing a field is a ValueError naming it.
+    """
+
+    offset: tuple[float, ...]
+    scale: tuple[float, ...]
+    normalization: str
+    channel_names: tuple[str, ...] | None = None
+    latitudes: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        # arrays and lists in, plain tuples kept: comparable, hashable and JSON-ready
+        def floats(values):
+            return None if values is None else tuple(float(v) for v in values)
+
+        object.__setattr__(self, "offset", floats(self.offset))
+        object.__setattr__(self, "scale", floats(self.scale))
+        object.__setattr__(self, "latitudes", floats(self.latitudes))
+        if self.channel_names is not None:
+            object.__setattr__(self, "channel_names", tuple(str(n) for n in self.channel_names))
+        sizes = {"offset": len(self.offset), "scale": len(self.scale)}
+        if self.channel_names is not None:
+            sizes["channel_names"] = len(self.channel_names)
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"metric context: one value per channel expected, got {sizes}")
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, names: Sequence[str] | None = None) -> MetricContext:
+        """The context of the named channels of a store (None or none: every channel), with its
+        training statistics and latitudes."""
+        _, stats = dataset.select(names)
+        return cls(stats.offset, stats.scale, stats.kind, list(names or dataset.channels),
+                   dataset.lat)
+
+    def with_stats(self, stats: Stats) -> MetricContext:
+        """The same channels de-normalised with other statistics (e.g. a period's own)."""
+        return dataclasses.replace(self, offset=stats.offset, scale=stats.scale,
+                                   normalization=stats.kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {field.name: (list(value) if isinstance(value, tuple) else value)
+                for field in dataclasses.fields(self)
+                for value in [getattr(self, field.name)]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MetricContext:
+        names = [field.name for field in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in data]
+        if missing:
+            raise ValueError(f"metric context: missing field(s) {missing}; fields: {names}")
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"metric context: unknown field(s) {unknown}; fields: {names}")
+        return cls(**{name: data[name] for name in names})
+
+    def accumulator(self, num_frames: int, num_channels: int,
+                    device: torch.device | str = "cpu") -> MetricAccumulator:
+        """The accumulator of these metrics (every worker and the driver build the same one)."""
+        return MetricAccumulator(
+            num_frames, num_channels, offset=self.offset, scale=self.scale,
+            channel_names=self.channel_names,
+            lat_weights=None if self.latitudes is None else latitude_weights(self.latitudes),
+            device=device, normalization=self.normalization)

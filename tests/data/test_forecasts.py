@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from simvp_ray.data import DatasetError, open_dataset, validate_store, write_synthetic
-from simvp_ray.data.climatology import train_climatology
+from simvp_ray.data.climatology import split_stats, train_climatology
 from simvp_ray.data.forecasts import (
     ForecastLayout,
     create_forecast_store,
@@ -115,3 +115,12 @@ def test_climatology_is_the_mean_of_the_valid_training_frames(source):
                                rtol=1e-10)
     np.testing.assert_allclose(train_climatology(source, ["blobs_1"])[0],
                                frames[:, 1].mean(axis=0, dtype=np.float64), rtol=1e-10)
+
+
+def test_split_statistics_are_the_population_z_score_of_the_valid_frames(source):
+    a, b = source.splits["val"]
+    frames = source.frames[a:b][source.valid[a:b]][:, ::-1].astype(np.float64)  # named order
+    stats = split_stats(source, "val", ["blobs_1", "blobs_0"])
+    assert (stats.kind, stats.fitted_on) == ("zscore", "val")
+    np.testing.assert_allclose(stats.offset, frames.mean(axis=(0, 2, 3)), rtol=1e-10)
+    np.testing.assert_allclose(stats.scale, frames.std(axis=(0, 2, 3)), rtol=1e-8)

@@ -38,8 +38,21 @@ def test_layout_and_attributes(small_store):
     # statistics come from the valid training steps only
     raw = make_synthetic(300, 2, 16)["frames"][:210]
     train = raw[np.isfinite(raw).reshape(210, -1).all(axis=1)]
-    np.testing.assert_allclose(ds.stats.mean, train.mean(axis=(0, 2, 3)), rtol=1e-5)
-    np.testing.assert_allclose(ds.stats.std, train.std(axis=(0, 2, 3)), rtol=1e-4)
+    np.testing.assert_allclose(ds.stats.offset, train.mean(axis=(0, 2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(ds.stats.scale, train.std(axis=(0, 2, 3)), rtol=1e-4)
+
+
+def test_select_maps_channel_names_to_indices_and_statistics(small_store):
+    ds = open_dataset(small_store)
+    for every in (None, []):
+        picked, stats = ds.select(every)
+        assert picked == [0, 1] and stats is ds.stats
+    picked, stats = ds.select(["blobs_1", "blobs_0", "blobs_1"])  # any order, repeats allowed
+    assert picked == [1, 0, 1] and stats.kind == ds.stats.kind
+    np.testing.assert_array_equal(stats.offset, ds.stats.offset[[1, 0, 1]])
+    np.testing.assert_array_equal(stats.scale, ds.stats.scale[[1, 0, 1]])
+    with pytest.raises(ValueError, match=r"no channel \['t2m'\]; valid: \['blobs_0', 'blobs_1'\]"):
+        ds.select(["blobs_0", "t2m"])
 
 
 def test_frames_match_generator(small_store):

@@ -57,8 +57,8 @@ def test_t2m_preset(t2m_root, tmp_path):
     np.testing.assert_array_equal(ds.time, src["time"].values.astype("datetime64[s]"))
     np.testing.assert_array_equal(ds.lat, src["lat"].values)
     train = src["t2m"].sel(time=slice("2010", "2015")).values.astype(np.float64)
-    np.testing.assert_allclose(ds.stats.mean, [train.mean()], rtol=1e-10)
-    np.testing.assert_allclose(ds.stats.std, [train.std()], rtol=1e-8)
+    np.testing.assert_allclose(ds.stats.offset, [train.mean()], rtol=1e-10)
+    np.testing.assert_allclose(ds.stats.scale, [train.std()], rtol=1e-8)
     start = window_starts(ds, "test", 12, 12)[-1]
     batch = read_windows(ds, [start], 12, 12)
     expected = (src["t2m"].values[start + 12 : start + 24] - train.mean()) / train.std()

@@ -15,6 +15,7 @@ from simvp_ray.data.batches import shard_positions
 from simvp_ray.presets import get_preset
 from simvp_ray.train.checkpoint import load_checkpoint
 from simvp_ray.train.loop import Runtime, run_training
+from simvp_ray.train.metrics import MetricContext
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -89,8 +90,9 @@ def test_ray_path_equals_plain_pytorch_loop(local_ray, small_store, tmp_path, mo
         val_batches=lambda: iter_numpy_batches(small_store, "val", model.in_frames,
                                                model.out_frames, data.val_batch_size),
         steps_per_epoch=len(starts) // data.batch_size, checkpoint_dir=tmp_path / "plain",
-        report=lambda metrics, folder: reports.append(metrics), mean=dataset.stats.offset,
-        std=dataset.stats.scale, log=lambda line: None)
+        report=lambda metrics, folder: reports.append(metrics),
+        metrics=MetricContext(dataset.stats.offset, dataset.stats.scale, "zscore"),
+        log=lambda line: None)
     run_training(config, runtime)
     for key in ("mse", "mae", "ssim"):
         assert ray_result["final"]["model"][key] == pytest.approx(reports[-1][f"val/{key}"],

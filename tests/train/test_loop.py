@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ from simvp_ray.config import RunConfig, override, to_dict
 from simvp_ray.presets import get_preset
 from simvp_ray.train.checkpoint import CHECKPOINT_FILE, CheckpointPayload, load_checkpoint
 from simvp_ray.train.loop import NonFiniteLossError, Runtime, run_training
+from simvp_ray.train.metrics import MetricContext
 
 
 def moving_wave_windows(num: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -51,7 +53,8 @@ def make_runtime(tmp_path, reports: list, resume=None, windows=None) -> Runtime:
 
     return Runtime(train_batches=train_batches, val_batches=val_batches, steps_per_epoch=8,
                    checkpoint_dir=tmp_path, report=lambda m, c: reports.append((m, c)),
-                   mean=np.array([0.0]), std=np.array([2.0]), resume=resume,
+                   metrics=MetricContext(offset=[0.0], scale=[2.0], normalization="zscore"),
+                   resume=resume,
                    log=lambda line: None)
 
 
@@ -70,8 +73,8 @@ def test_training_beats_persistence_and_reports_every_epoch(tmp_path):
 
 def test_latitude_weighted_rmse_per_named_channel(tmp_path):
     runtime = make_runtime(tmp_path, [])
-    runtime.channel_names = ["wave"]
-    runtime.latitudes = np.linspace(-84.375, 84.375, 16)
+    runtime.metrics = dataclasses.replace(runtime.metrics, channel_names=["wave"],
+                                          latitudes=np.linspace(-84.375, 84.375, 16))
     final = run_training(tiny_config(epochs=1), runtime)
     assert {"val/wrmse/wave", "val/wrmse_phys/wave", "val/mse/wave"} <= final.keys()
     assert final["val/wrmse_phys/wave"] == pytest.approx(2 * final["val/wrmse/wave"])

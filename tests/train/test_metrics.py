@@ -12,6 +12,7 @@ from scipy.signal import correlate2d
 
 from simvp_ray.train.metrics import (
     MetricAccumulator,
+    MetricContext,
     climatology_forecast,
     latitude_weights,
     openstl_variables,
@@ -144,7 +145,7 @@ def np_reference(pred, target, mean, std, lat_w=None, clim=None, win=11, win_ope
 
 
 def build(**kwargs) -> MetricAccumulator:
-    return MetricAccumulator(T, C, mean=MEAN, std=STD, channel_names=NAMES, **kwargs)
+    return MetricAccumulator(T, C, offset=MEAN, scale=STD, channel_names=NAMES, **kwargs)
 
 
 LATS = torch.linspace(-87.1875, 87.1875, H)
@@ -199,7 +200,8 @@ def test_per_batch_climatology_overrides_the_constructor_one():
 
 def test_constant_error_field():
     target = torch.rand(2, T, C, H, W, dtype=torch.float64)
-    acc = MetricAccumulator(T, C, std=[2.0, 4.0], mean=[0.0, 1.0], lat_weights=torch.rand(H) + 0.1)
+    acc = MetricAccumulator(T, C, scale=[2.0, 4.0], offset=[0.0, 1.0],
+                            lat_weights=torch.rand(H) + 0.1)
     acc.update(target + 0.5, target)
     got = acc.compute()
     assert got["mse"] == pytest.approx(0.25)
@@ -292,7 +294,7 @@ def test_physical_units_are_normalised_scaled_by_std():
     pred, target = make_batch(7)
     s = 3.5
     acc = MetricAccumulator(
-        T, C, mean=[10.0, -4.0], std=[s, s], channel_names=NAMES, lat_weights=torch.ones(H)
+        T, C, offset=[10.0, -4.0], scale=[s, s], channel_names=NAMES, lat_weights=torch.ones(H)
     )
     acc.update(pred, target)
     got = acc.compute()
@@ -321,7 +323,7 @@ def test_uneven_batches_equal_the_concatenation():
     assert_close_dicts(streamed.compute(), whole.compute(), rel=1e-12)
 
 
-def test_summed_states_equal_one_accumulator():
+def test_summed_states_equal_one_accumulator(tmp_path):
     batches = [make_batch(20 + i, batch=n) for i, n in enumerate((2, 3, 1))]
     kwargs = {"lat_weights": latitude_weights(LATS), "climatology": torch.zeros(C, H, W)}
     one, first, second = build(**kwargs), build(**kwargs), build(**kwargs)
@@ -332,8 +334,17 @@ def test_summed_states_equal_one_accumulator():
     assert state.dtype == torch.float64 and state.ndim == 1
     first.load_state(state + second.state())  # what all_reduce(SUM) does across two workers
     assert_close_dicts(first.compute(), one.compute(), rel=1e-12)
-    # all_reduce without a process group leaves the state alone
-    first.all_reduce()
+    # one worker's SUM all-reduce (state, all_reduce, load_state, as the loop) leaves it alone
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0,
+                            world_size=1)
+    try:
+        flat = first.state()
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        first.load_state(flat)
+    finally:
+        dist.destroy_process_group()
     assert_close_dicts(first.compute(), one.compute(), rel=1e-12)
 
 
@@ -377,10 +388,10 @@ def test_bad_input_is_rejected_with_a_clear_message():
         acc.update(pred, target[:, :, :, :-1])
     with pytest.raises(ValueError, match=r"\(T, C\) = \(3, 2\)"):
         acc.update(pred[:, :2], target[:, :2])
-    with pytest.raises(ValueError, match="mean of length 2"):
-        MetricAccumulator(T, C, mean=[0.0], std=[1.0, 1.0])
-    with pytest.raises(ValueError, match="std of length 2"):
-        MetricAccumulator(T, C, mean=[0.0, 0.0], std=[1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="offset of length 2"):
+        MetricAccumulator(T, C, offset=[0.0], scale=[1.0, 1.0])
+    with pytest.raises(ValueError, match="scale of length 2"):
+        MetricAccumulator(T, C, offset=[0.0, 0.0], scale=[1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="looks like t<k>"):
         MetricAccumulator(T, C, channel_names=["t2", "u"])
     with pytest.raises(ValueError, match="lat_weights"):
@@ -464,12 +475,12 @@ def openstl_case(kind: str):
     if kind == "mmnist":  # 1 channel 0..255, fixed min-max 0 / 255; OpenSTL: x / 255
         true = digits_like(gen, (2, 3, 1, 24, 24))
         pred = np.clip(true + gen.normal(0, 40, true.shape), -30, 290)  # over- and undershoot
-        ours = {"mean": [0.0], "std": [255.0], "normalization": "minmax"}
+        ours = {"offset": [0.0], "scale": [255.0], "normalization": "minmax"}
         theirs = (pred / 255, true / 255, {})  # OpenSTL's dataset mean 0, std 1: no change
     elif kind == "taxibj":  # 2 channels stored in [-1, 1]; OpenSTL: (x + 1) / 2
         true = np.tanh(gen.normal(-0.5, 0.6, (2, 2, 2, 16, 16)))
         pred = true + gen.normal(0, 0.15, true.shape)
-        ours = {"mean": [-1.0, -1.0], "std": [2.0, 2.0], "normalization": "minmax"}
+        ours = {"offset": [-1.0, -1.0], "scale": [2.0, 2.0], "normalization": "minmax"}
         theirs = ((pred + 1) / 2, (true + 1) / 2, {})
     else:  # weather: z-scored with the training mean / std, which metric() de-normalises with
         names = ["t2m"] if kind == "weather" else ["r_500", "r_850", "t_500", "t_850"]
@@ -479,13 +490,13 @@ def openstl_case(kind: str):
         true = mean[:, None, None] + std[:, None, None] * gen.normal(0, 1, shape)
         spread = np.array([1.5] if kind == "weather" else [4.0, 4.0, 0.8, 0.8])
         pred = true + spread[:, None, None] * gen.normal(0, 1, shape)
-        ours = {"mean": mean, "std": std, "normalization": "zscore", "channel_names": names}
+        ours = {"offset": mean, "scale": std, "normalization": "zscore", "channel_names": names}
         scale = (std.reshape(1, 1, -1, 1, 1), mean.reshape(1, 1, -1, 1, 1))
         theirs = ((pred - scale[1]) / scale[0], (true - scale[1]) / scale[0],
                   {"mean": scale[1], "std": scale[0], "spatial_norm": True,
                    "channel_names": None if kind == "weather" else ["r", "t"]})
-    offset = np.asarray(ours["mean"]).reshape(1, 1, -1, 1, 1)
-    scale = np.asarray(ours["std"]).reshape(1, 1, -1, 1, 1)
+    offset = np.asarray(ours["offset"]).reshape(1, 1, -1, 1, 1)
+    scale = np.asarray(ours["scale"]).reshape(1, 1, -1, 1, 1)
     normalised = [torch.from_numpy((a - offset) / scale) for a in (pred, true)]
     return ours, normalised, theirs
 
@@ -546,11 +557,11 @@ def test_the_training_loop_reports_the_paper_table_keys(tmp_path):
 
     runtime = Runtime(train_batches=lambda epoch: [], val_batches=lambda: [{"x": x, "y": target}],
                       steps_per_epoch=1, checkpoint_dir=tmp_path, report=lambda *a: None,
-                      mean=np.array([-1.0, -1.0]), std=np.array([2.0, 2.0]),
-                      normalization="minmax")
+                      metrics=MetricContext(offset=[-1.0, -1.0], scale=[2.0, 2.0],
+                                            normalization="minmax"))
     metrics = evaluate(LastFrames(), runtime.val_batches(), runtime, SpeedOptions(),
                        target.shape[1], target.shape[2])
-    direct = MetricAccumulator(target.shape[1], 2, mean=[-1.0, -1.0], std=[2.0, 2.0],
+    direct = MetricAccumulator(target.shape[1], 2, offset=[-1.0, -1.0], scale=[2.0, 2.0],
                                normalization="minmax")
     direct.update(x[:, -target.shape[1]:].double(), target)
     want = direct.compute()
@@ -558,3 +569,68 @@ def test_the_training_loop_reports_the_paper_table_keys(tmp_path):
                 "openstl_spatial_norm"):
         assert metrics[f"val/{key}"] == pytest.approx(want[key], rel=1e-6), key
     assert metrics["val/openstl_spatial_norm"] == 0.0
+
+
+# ---- the metric context: the one contract behind every accumulator ----------------------------
+
+
+def test_metric_context_round_trips_exactly_and_names_a_missing_field():
+    import json
+
+    context = MetricContext(offset=np.array(MEAN), scale=np.array(STD), normalization="zscore",
+                            channel_names=NAMES, latitudes=LATS.numpy())
+    data = context.to_dict()
+    assert data == {"offset": MEAN, "scale": STD, "normalization": "zscore",
+                    "channel_names": NAMES, "latitudes": LATS.tolist()}
+    assert MetricContext.from_dict(json.loads(json.dumps(data))) == context
+    assert MetricContext.from_dict(data).to_dict() == data
+    bare = MetricContext([0.0], [255.0], "minmax")
+    assert MetricContext.from_dict(bare.to_dict()) == bare and bare.to_dict()["latitudes"] is None
+    with pytest.raises(ValueError, match=r"missing field\(s\) \['latitudes'\]"):
+        MetricContext.from_dict({k: v for k, v in data.items() if k != "latitudes"})
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['mean'\]"):
+        MetricContext.from_dict({**data, "mean": MEAN})
+    with pytest.raises(ValueError, match="one value per channel"):
+        MetricContext([0.0], [1.0, 1.0], "zscore")
+
+
+def test_the_context_builds_the_accumulator_its_fields_describe(tmp_path):
+    from simvp_ray.data import Stats, write_synthetic
+
+    context = MetricContext(MEAN, STD, "zscore", NAMES, LATS)
+    pred, target = make_batch(40)
+    built, direct = context.accumulator(T, C), build(lat_weights=latitude_weights(LATS))
+    for acc in (built, direct):
+        acc.update(pred, target)
+    assert built.compute() == direct.compute()
+    # from a store: its training statistics of the named channels, in that order
+    dataset = write_synthetic(tmp_path / "s.zarr", n_frames=64, channels=2, size=8)
+    picked = MetricContext.from_dataset(dataset, ["blobs_1"])
+    assert picked == MetricContext([dataset.stats.offset[1]], [dataset.stats.scale[1]],
+                                   "zscore", ["blobs_1"], None)
+    assert MetricContext.from_dataset(dataset).channel_names == ("blobs_0", "blobs_1")
+    period = Stats("zscore", np.array([5.0]), np.array([3.0]), "test")
+    assert picked.with_stats(period) == MetricContext([5.0], [3.0], "zscore", ["blobs_1"])
+
+
+def test_every_view_of_the_headline_list_names_keys_the_accumulator_computes():
+    """A renamed key must fail here, not turn into a NaN column of some table."""
+    from simvp_ray import metric_keys, reporting
+    from simvp_ray.analysis import evaluation, experiment
+
+    acc = build(lat_weights=latitude_weights(LATS), climatology=torch.zeros(C, H, W))
+    acc.update(*make_batch(50))
+    got = acc.compute()
+    assert tuple(got)[:len(metric_keys.SCOPE_KEYS)] == metric_keys.SCOPE_KEYS  # compute()'s order
+    prefixes = {key.split("/")[0] for key in got}  # wrmse exists per channel only
+    views = {
+        "summary": metric_keys.SUMMARY_KEYS, "epoch": metric_keys.EPOCH_KEYS,
+        "reporting": reporting.METRICS, "overall": evaluation.OVERALL,
+        "per lead": [f"{key}/t1" for key in evaluation.PER_LEAD],
+        "openstl image": [f"{key}_openstl" for key in evaluation.OPENSTL_IMAGE],
+        "openstl weather": [f"{key}_openstl" for key in evaluation.OPENSTL_WEATHER],
+        "experiment": [c for c, _, _ in experiment.QUALITY + experiment.PAPER_IMAGE
+                       + experiment.PAPER_WEATHER] + experiment.PAPER_KEYS,
+    }
+    for view, keys in views.items():
+        assert [key for key in keys if key not in got and key not in prefixes] == [], view

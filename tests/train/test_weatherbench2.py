@@ -56,7 +56,7 @@ def test_weighted_rmse_and_acc_equal_weatherbench2(lat):
     forecast = truth + gen.normal(0, 1, (n, t_len, 1, h, w)) * np.linspace(0.5, 3, h)[:, None]
     clim = 280 + 8 * gen.normal(size=(n, t_len, 1, h, w))  # per forecast (day-of-year lookup)
     mean, std = 279.0, 9.0
-    acc = MetricAccumulator(t_len, 1, mean=[mean], std=[std], channel_names=["t2m"],
+    acc = MetricAccumulator(t_len, 1, offset=[mean], scale=[std], channel_names=["t2m"],
                             lat_weights=latitude_weights(lat))
     norm = [torch.from_numpy((a - mean) / std) for a in (forecast, truth, clim)]
     acc.update(norm[0][:2], norm[1][:2], climatology=norm[2][:2])
