@@ -16,8 +16,8 @@ from simvp_ray.analysis.panels import plot_forecast_panel, save_forecast_gif
 from simvp_ray.config import RunConfig, from_dict
 from simvp_ray.data import open_dataset
 from simvp_ray.data.forecasts import is_forecast_store, open_forecasts, parse_time
-from simvp_ray.distributed.batch_inference import fetch_checkpoint, open_checked
-from simvp_ray.distributed.predict import input_and_lead_steps
+from simvp_ray.data.windows import input_and_lead_steps
+from simvp_ray.plan import fetch_checkpoint, open_checked
 from simvp_ray.train.inference import forecast_window
 
 
