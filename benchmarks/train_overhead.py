@@ -26,7 +26,8 @@ import torch
 
 from simvp_ray.config import override
 from simvp_ray.data import open_dataset, read_windows, window_starts
-from simvp_ray.distributed.trainer import ensure_synthetic_store, launch_run
+from simvp_ray.data.synthetic import ensure_synthetic_store
+from simvp_ray.distributed.trainer import launch_run
 from simvp_ray.presets import get_preset
 from simvp_ray.train.loop import Runtime, run_training
 from simvp_ray.train.metrics import MetricContext

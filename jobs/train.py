@@ -1,4 +1,4 @@
-"""Train a SimVP model with Ray Train; with no arguments, the demo on synthetic data.
+"""One training run of a SimVP model on Ray Train; with no arguments, the demo on synthetic data.
 
     python jobs/train.py                                   # demo: gSTA, synthetic data, local Ray
     python jobs/train.py --preset taxibj_gsta --set data.url=s3://bucket/taxibj.zarr \\
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=parse_workers, default={},
                         help="N, or MIN-MAX for an elastic run")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    parser.add_argument("--storage", default="runs", help="local folder or s3:// URL")
+    parser.add_argument("--storage", default="runs",
+                        help="local folder or s3:// URL the run folder goes in")
     parser.add_argument("--name", default=None, help="run name (default: preset + time)")
     parser.add_argument("--resume", action="store_true", help="continue run --name")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Run a Ray Tune experiment whose trials each train a SimVP model on Ray Train.
+"""Run an experiment (a Ray Tune sweep) whose trials are each one training run on Ray Train.
 
     python jobs/tune.py --experiment variants --translators gsta,incepu --seeds 3 \\
         --storage runs --name variants-demo               # translators x seeds, one recipe
@@ -16,18 +16,20 @@ import argparse
 import sys
 
 from simvp_ray.config import override
-from simvp_ray.distributed.tune import DEFAULT_BUDGETS, DEFAULT_SPACE, EXPERIMENTS, run_tune
+from simvp_ray.distributed.tune import run_tune
 from simvp_ray.models import TRANSLATORS
 from simvp_ray.presets import get_preset
 from simvp_ray.reporting import one_line
+from simvp_ray.sweeps import DEFAULT_BUDGETS, DEFAULT_SPACE, EXPERIMENTS
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiment", choices=list(EXPERIMENTS), default="variants")
+    parser.add_argument("--experiment", choices=list(EXPERIMENTS), default="variants",
+                        help="the kind of experiment; each trial is one training run")
     parser.add_argument("--preset", default="demo", help="a name from simvp_ray.presets.PRESETS")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="dotted overrides of the recipe every trial shares")
+                        help="dotted overrides of the recipe every trial's run shares")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per variant / budget")
     parser.add_argument("--translators", default=",".join(TRANSLATORS),
                         help="variants: comma-separated translators and/or recurrent "
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="KEY=DIST:ARGS", help="search: choice:a,b grid:a,b "
                         "uniform:lo:hi loguniform:lo:hi randint:lo:hi over dotted keys")
     parser.add_argument("--samples", type=int, default=8, help="search: trials to draw")
-    parser.add_argument("--storage", default="runs", help="local folder or s3:// URL")
+    parser.add_argument("--storage", default="runs",
+                        help="local folder or s3:// URL the experiment folder goes in")
     parser.add_argument("--name", default=None, help="experiment name (default: kind+time)")
     parser.add_argument("--max-concurrent", type=int, default=0,
                         help="trials at once (default: as many as the cluster's CPUs hold)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from simvp_ray.distributed.visualize import render_pictures
+from simvp_ray.analysis.visualize import render_pictures
 
 
 def main(argv: list[str] | None = None) -> int:

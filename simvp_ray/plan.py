@@ -1,25 +1,30 @@
-"""The driver-side check of a whole training plan, before Ray starts (no Ray here).
+"""The driver-side checks of a run, before Ray starts (no Ray here).
 
 `check_plan(config)` builds the model on the meta device, the optimiser, schedule and loss,
 and checks the window against every split of the store and the global batch against every
 world size the run may have; any problem is one ValueError naming the bad value and the
 valid ones, in seconds, instead of a traceback from inside the Ray workers minutes later.
+`check_frames` is the one check of a store against a model's frames (training, and a checkpoint
+fetched for evaluation, prediction or pictures); `check_resume_config` guards a resume.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from simvp_ray.config import RunConfig, flatten
+from simvp_ray.config import RunConfig, flatten, from_dict, override
 from simvp_ray.data import open_dataset
 from simvp_ray.data.batches import channel_indices
 from simvp_ray.data.schema import DatasetError
 from simvp_ray.data.store import Dataset
 from simvp_ray.data.windows import window_offsets, window_starts
 from simvp_ray.models import build_model
+from simvp_ray.runs import checkpoint_folders, storage_filesystem
+from simvp_ray.train.checkpoint import CONFIG_FILE, STORE_FILE, FetchedCheckpoint
 from simvp_ray.train.losses import build_loss
 from simvp_ray.train.methods import check_method
 from simvp_ray.train.optim import build_optimizer, build_scheduler
@@ -72,6 +77,84 @@ def store_fingerprint(dataset: Dataset) -> dict[str, Any]:
     return {"url": dataset.url, "schema_version": dataset.attrs.get("schema_version"),
             "normalization": dataset.stats.to_attrs(), "n_steps": dataset.n_steps,
             "channels": dataset.channels}
+
+
+# The frames mismatch said from the side of who brings the model: a run's config (set the model
+# to match) or a trained checkpoint (use the store it was trained on).
+FRAME_MISMATCH = {
+    "run": "the store {url} holds frames of {found[0]} channels x {found[1]} x {found[2]} but "
+           "the model expects {expected[0]} x {expected[1]} x {expected[2]}: set "
+           "model.channels / model.height / model.width (or data.channels) to match",
+    "checkpoint": "the checkpoint's model expects frames of {expected[0]} channels x "
+                  "{expected[1]} x {expected[2]}, the store {url} holds {found[0]} channels "
+                  "({names}) x {found[1]} x {found[2]}: use the store it was trained on",
+}
+
+
+def check_frames(config: RunConfig, dataset: Dataset, origin: str = "run") -> list[str]:
+    """The channel names the model reads from `dataset`; a ValueError when a channel is
+    missing or the (channels, height, width) of its frames differ from the model's. `origin`:
+    "run" (a config about to train) or "checkpoint" (a trained model)."""
+    names = list(config.data.channels) or dataset.channels
+    unknown = [name for name in names if name not in dataset.channels]
+    if unknown:
+        raise ValueError(f"the {origin} reads channels {unknown} that the store {dataset.url} "
+                         f"lacks; valid: {dataset.channels}")
+    model = config.model
+    found = (len(names), *dataset.frames.shape[2:])
+    expected = (model.channels, model.height, model.width)
+    if found != expected:
+        raise ValueError(FRAME_MISMATCH[origin].format(
+            url=dataset.url, found=found, expected=expected, names=", ".join(names)))
+    return names
+
+
+def config_for_data(fetched: FetchedCheckpoint, data_url: str | None) -> RunConfig:
+    """The checkpoint's config, reading `data_url` instead of its own store when given."""
+    config = fetched.payload.config
+    if data_url:
+        config = override(config, {"data.url": data_url})
+    if not config.data.url:
+        raise ValueError(f"checkpoint {fetched.url} names no data store (it trained on the "
+                         "embedded synthetic data): pass --data <store URL>")
+    return config
+
+
+def open_checked(fetched: FetchedCheckpoint, data_url: str | None
+                 ) -> tuple[RunConfig, Dataset, list[str]]:
+    """(config reading the store, the opened store, channel names), checked against each other."""
+    config = config_for_data(fetched, data_url)
+    dataset = open_dataset(config.data.url)
+    return config, dataset, check_frames(config, dataset, "checkpoint")
+
+
+def check_resume_config(storage: str, name: str, config: RunConfig,
+                        fingerprint: dict[str, Any] | None = None) -> None:
+    """A run resumes only with the model it was started with, on the store it trained on."""
+    folders = checkpoint_folders(storage, name)
+    if not folders:
+        return  # stopped before its first checkpoint: Ray starts it from scratch
+    fs, _ = storage_filesystem(storage)
+    with fs.open(f"{folders[-1]}/{CONFIG_FILE}", "rb") as stream:
+        saved = from_dict(RunConfig, json.loads(stream.read()))
+    if saved.model != config.model:
+        raise ValueError(f"cannot resume {name!r}: its checkpoints hold a different model "
+                         f"({saved.model}) than this run's ({config.model})")
+    store_file = f"{folders[-1]}/{STORE_FILE}"
+    if fingerprint is None or not fs.isfile(store_file):
+        return
+    with fs.open(store_file, "rb") as stream:
+        trained_on = json.loads(stream.read())
+    now = json.loads(json.dumps(fingerprint))  # the same JSON types as the stored one
+    changed = [key for key in sorted(set(trained_on) | set(now))
+               if trained_on.get(key) != now.get(key)]
+    if changed:
+        stored = ", ".join(f"{key}={trained_on.get(key)}" for key in changed)
+        raise ValueError(
+            f"cannot resume {name!r}: its checkpoints were trained on the store "
+            f"{trained_on.get('url')} and data.url {now.get('url')} differs in "
+            f"{', '.join(changed)} (stored {stored}): resume on the same store, or start a new "
+            "run under another --name")
 
 
 def _require(ok: bool, message: str) -> None:

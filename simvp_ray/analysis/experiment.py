@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from simvp_ray import runs  # noqa: E402
 from simvp_ray.config import RunConfig, flatten, from_dict, override  # noqa: E402
 from simvp_ray.metric_keys import (  # noqa: E402
     OPENSTL_SPATIAL_NORM,
@@ -33,8 +34,8 @@ from simvp_ray.metric_keys import (  # noqa: E402
     WEATHER_TABLE_COLUMNS,
     lower_is_better,
 )
+from simvp_ray.runs import MANIFEST_FILE, RESULT_FILE, ExperimentManifest, RunSummary  # noqa: E402
 
-MANIFEST_FILE = "simvp_experiment.json"  # kind, base config, trials: simvp_ray.distributed.tune
 FINISHED, STOPPED, FAILED, UNFINISHED = "finished", "stopped early", "failed", "unfinished"
 
 
@@ -77,8 +78,9 @@ def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
         return json.load(handle)
 
 
-def read_manifest(url: str) -> dict[str, Any]:
-    """The experiment's own description; a clear error for anything that is not one."""
+def read_manifest(url: str) -> ExperimentManifest:
+    """The experiment's own manifest; a clear error for a folder that is not an experiment of
+    jobs/tune.py, or a manifest of another version (the missing field named)."""
     fs, root = _open(url)
     if not fs.isdir(root):
         raise ValueError(f"{url} is not a folder: give the experiment folder jobs/tune.py "
@@ -90,7 +92,7 @@ def read_manifest(url: str) -> dict[str, Any]:
     if not fs.exists(f"{root}/{MANIFEST_FILE}"):
         raise ValueError(f"{url} is a Tune experiment but not one of jobs/tune.py: it has no "
                          f"{MANIFEST_FILE}")
-    return _read_json(fs, f"{root}/{MANIFEST_FILE}")
+    return runs.read_manifest(url)
 
 
 def tune_trials(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, str]:
@@ -127,8 +129,8 @@ def _error(fs: fsspec.AbstractFileSystem, trial_dir: str) -> str:
     return ANSI.sub("", lines[-1]).strip() if lines else "error"
 
 
-def _trial_config(manifest: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    return flatten(override(from_dict(RunConfig, manifest["base"]), overrides))
+def _trial_config(manifest: ExperimentManifest, overrides: dict[str, Any]) -> dict[str, Any]:
+    return flatten(override(from_dict(RunConfig, manifest.base), overrides))
 
 
 def load_experiment(url: str) -> pd.DataFrame:
@@ -148,24 +150,25 @@ def load_trials(url: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     manifest = read_manifest(url)
     fs, root = _open(url)
     statuses = tune_trials(fs, root)
-    planned = {t["name"]: t for t in manifest["trials"]}
+    planned = {t.name: t.to_dict() for t in manifest.trials}
     names = list(planned) + sorted(set(statuses) - set(planned))
     rows, history = [], []
     for name in names:
-        summary_path = f"{root}/{manifest.get('runs', 'runs')}/{name}/result.json"
-        summary = _read_json(fs, summary_path) if fs.exists(summary_path) else None
+        summary_path = f"{root}/{manifest.runs}/{name}/{RESULT_FILE}"
+        summary = (RunSummary.from_dict(_read_json(fs, summary_path), summary_path)
+                   if fs.exists(summary_path) else None)
         trial_dir = f"{root}/{name}"
         spec = planned.get(name) or _searched_spec(fs, trial_dir, name)
         row: dict[str, Any] = {"trial": name, "group": spec["group"] or name,
                                "seed": spec["seed"], "error": ""}
         if summary is not None:
-            epochs = summary["history"]
-            cost = summary.get("cost", {})
+            epochs = summary.history
             row.update(status=FINISHED, **_final_metrics(epochs[-1]),
-                       params_m=cost.get("params", math.nan) / 1e6,
-                       gflops=cost.get("flops", math.nan) / 1e9,
-                       infer_samples_per_s=cost.get("forward_samples_per_s", math.nan),
-                       wall_time_s=summary.get("wall_time_s", math.nan))
+                       params_m=summary.cost_value("params", summary_path) / 1e6,
+                       gflops=summary.cost_value("flops", summary_path) / 1e9,
+                       infer_samples_per_s=summary.cost_value("forward_samples_per_s",
+                                                              summary_path),
+                       wall_time_s=summary.wall_time_s)
         else:
             epochs = _tune_history(fs, trial_dir)
             tune_status = statuses.get(name, "PENDING")
@@ -184,7 +187,7 @@ def load_trials(url: str) -> tuple[pd.DataFrame, pd.DataFrame]:
             key: value for key, value in epoch.items() if isinstance(value, int | float)}}
             for epoch in epochs)
     frame = pd.DataFrame(rows)
-    frame.attrs.update(kind=manifest["kind"], url=url)
+    frame.attrs.update(kind=manifest.kind, url=url)
     epochs = pd.DataFrame(history, columns=None if history else ["trial", "group", "epoch",
                                                                  "val/mse"])
     return frame, epochs.astype({"epoch": int})

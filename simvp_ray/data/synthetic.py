@@ -2,12 +2,16 @@
 
 Each blob moves at a constant velocity (reflected at the walls) and its brightness oscillates
 slowly, so the next frames follow from the last few: a model can beat persistence by far.
-Channel c blurs the same blobs with a (1 + c)-times wider kernel.
+Channel c blurs the same blobs with a (1 + c)-times wider kernel. `ensure_synthetic_store`
+writes it once to a local cache: the store a run without data.url trains on.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import uuid
+from pathlib import Path
 
 import numpy as np
 
@@ -17,6 +21,7 @@ from simvp_ray.data.store import Dataset, StoreLayout, create_store
 CONVERTER_VERSION = "1"
 START_TIME = np.datetime64("2000-01-01T00:00:00", "s")
 STEP_SECONDS = 3600
+SYNTHETIC_VERSION = "v1"  # the cached store's name: bump when make_synthetic changes
 
 
 def _bounce(position: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -85,3 +90,20 @@ def write_synthetic(url: str | os.PathLike, *, n_frames: int = 2048, channels: i
     writer = create_store(url, layout, overwrite=overwrite, storage_options=storage_options)
     writer.write(0, data["frames"], data["valid"], source="synthetic")
     return writer.finish("zscore")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SIMVP_CACHE_DIR", Path.home() / ".cache" / "simvp_ray"))
+
+
+def ensure_synthetic_store() -> str:
+    """The embedded default dataset, written once to the local cache (atomically)."""
+    path = default_cache_dir() / f"synthetic-{SYNTHETIC_VERSION}.zarr"
+    if not path.exists():
+        partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+        write_synthetic(partial)
+        try:
+            partial.rename(path)
+        except OSError:  # another process finished first: keep its copy
+            shutil.rmtree(partial, ignore_errors=True)
+    return str(path)

@@ -9,6 +9,7 @@ a gap; the steps skipped between frames (frame_step > 1) are not looked at.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,3 +52,13 @@ def window_starts(dataset: Dataset, split: str, in_frames: int, out_frames: int,
         ok &= valid[offset : offset + n_candidates]
     starts = start + np.flatnonzero(ok)
     return starts[(starts - start) % stride == 0] if stride > 1 else starts
+
+
+def input_and_lead_steps(config: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Input step offsets (T_in,) from the window start, and lead steps (T_out,) after the
+    init time (the last input frame), of a RunConfig's model and data sections."""
+    model, data = config.model, config.data
+    steps = window_offsets(model.in_frames, model.out_frames, data.frame_step,
+                           list(data.frame_offsets) or None)
+    inputs = steps[:model.in_frames]
+    return inputs, steps[model.in_frames:] - inputs[-1]

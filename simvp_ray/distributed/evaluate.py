@@ -33,18 +33,13 @@ from simvp_ray.data.climatology import (
 from simvp_ray.data.normalization import Stats, normalize
 from simvp_ray.data.ray_data import build_ray_datasets, count_split_windows
 from simvp_ray.data.windows import window_offsets
-from simvp_ray.distributed.batch_inference import (
-    actor_options,
-    fetch_checkpoint,
-    load_model,
-    model_state,
-    open_checked,
-)
+from simvp_ray.distributed.actors import actor_options, load_model, model_state
+from simvp_ray.distributed.cluster import ensure_ray, quiet_ray_data
 from simvp_ray.distributed.cost import measure_cost
-from simvp_ray.distributed.trainer import ensure_ray, quiet_ray_data
+from simvp_ray.plan import open_checked
 from simvp_ray.progress import Progress
 from simvp_ray.reporting import data_faults_raised_plain
-from simvp_ray.train.checkpoint import ModelState
+from simvp_ray.train.checkpoint import ModelState, fetch_checkpoint
 from simvp_ray.train.loop import speed_options
 from simvp_ray.train.metrics import MetricContext, openstl_variables, persistence_forecast
 from simvp_ray.train.performance import autocast

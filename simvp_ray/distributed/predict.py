@@ -22,29 +22,14 @@ from simvp_ray.data.forecasts import (
     init_indices,
 )
 from simvp_ray.data.normalization import denormalize
-from simvp_ray.data.windows import window_offsets
-from simvp_ray.distributed.batch_inference import (
-    actor_options,
-    fetch_checkpoint,
-    load_model,
-    model_state,
-    open_checked,
-)
-from simvp_ray.distributed.trainer import ensure_ray, quiet_ray_data
+from simvp_ray.data.windows import input_and_lead_steps
+from simvp_ray.distributed.actors import actor_options, load_model, model_state
+from simvp_ray.distributed.cluster import ensure_ray, quiet_ray_data
+from simvp_ray.plan import open_checked
 from simvp_ray.progress import Progress
 from simvp_ray.reporting import data_faults_raised_plain
-from simvp_ray.train.checkpoint import ModelState
+from simvp_ray.train.checkpoint import ModelState, fetch_checkpoint
 from simvp_ray.train.inference import predict_numpy
-
-
-def input_and_lead_steps(config) -> tuple[np.ndarray, np.ndarray]:
-    """Input step offsets (T_in,) from the window start, and lead steps (T_out,) after the
-    init time (the last input frame)."""
-    model, data = config.model, config.data
-    steps = window_offsets(model.in_frames, model.out_frames, data.frame_step,
-                           list(data.frame_offsets) or None)
-    inputs = steps[:model.in_frames]
-    return inputs, steps[model.in_frames:] - inputs[-1]
 
 
 class ChunkForecaster:

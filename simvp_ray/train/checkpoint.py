@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from simvp_ray.config import RunConfig, from_dict, to_dict
+from simvp_ray.runs import fetched_checkpoint, sha256
 
 FORMAT = "simvp_ray-checkpoint/1"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -172,3 +173,11 @@ def load_checkpoint(folder: str | Path, map_location: str | torch.device = "cpu"
         raise ValueError(f"{path} is not a readable checkpoint (truncated or not a torch "
                          f"file?): {error}") from error
     return CheckpointPayload.from_dict(payload, source=path)
+
+
+def fetch_checkpoint(url: str) -> FetchedCheckpoint:
+    """`load_checkpoint` of a checkpoint folder (or its checkpoint.pt, or a run folder: its best
+    checkpoint) at a local path or a URL (s3://, gs://), with the checkpoint's URL and the
+    sha256 of its checkpoint.pt."""
+    with fetched_checkpoint(url, CHECKPOINT_FILE) as (path, url):
+        return FetchedCheckpoint(load_checkpoint(path), url, sha256(path))

@@ -26,6 +26,7 @@ from simvp_ray.analysis.experiment import (
 )
 from simvp_ray.config import to_dict
 from simvp_ray.presets import get_preset
+from simvp_ray.runs import EpochMetrics, RunSummary
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -35,6 +36,17 @@ def epoch_rows(mses: list[float], paper=None) -> list[dict[str, float]]:
     return [{"epoch": i, "val/mse": m, "val/mae": m / 2, "val/ssim": 1 - m, "val/psnr": 10 - m,
              "train/epoch_time_s": 2.0 + i, **(paper(m) if paper else {})}
             for i, m in enumerate(mses)]
+
+
+def run_summary(name: str, rows: list[dict], cost: dict) -> RunSummary:
+    """A trial's result.json as tune.py writes it (the values the analysis reads are real)."""
+    last = EpochMetrics(epoch=rows[-1]["epoch"], model={"mse": rows[-1]["val/mse"]},
+                        persistence={"mse": 1.0})
+    return RunSummary(name=name, run_url=f"runs/{name}", epochs_run=len(rows), wall_time_s=30.0,
+                      train_samples_per_s=50.0, final=last, best=last,
+                      best_checkpoint=f"runs/{name}/checkpoint_000001",
+                      latest_checkpoint=f"runs/{name}/checkpoint_000001", history=rows,
+                      attempts=[], config={}, cost=cost)
 
 
 def make_experiment(root: Path, kind: str, trials: list[dict], paper=None) -> Path:
@@ -60,10 +72,9 @@ def make_experiment(root: Path, kind: str, trials: list[dict], paper=None) -> Pa
         if t.get("finished"):
             run = root / "runs" / t["name"]
             run.mkdir(parents=True)
-            (run / "result.json").write_text(json.dumps({
-                "history": rows, "wall_time_s": 30.0, "config": {},
-                "cost": {"params": 2_000_000 + t["seed"], "flops": 3_000_000_000,
-                         "forward_samples_per_s": 100.0 + t["seed"]}}))
+            (run / "result.json").write_text(json.dumps(run_summary(t["name"], rows, {
+                "params": 2_000_000 + t["seed"], "flops": 3_000_000_000,
+                "forward_samples_per_s": 100.0 + t["seed"]}).to_dict()))
     return root
 
 
@@ -265,3 +276,26 @@ def test_an_experiment_on_s3_reads_like_a_local_one(variants, s3_bucket, tmp_pat
     out = tmp_path / "report"
     assert load_job("analyze").main([url, "--out", str(out)]) == 0
     assert (out / "table.md").read_text() == table_markdown(summary_table(local), "variants")
+
+
+def test_a_result_without_cost_is_an_error_naming_the_field_and_file_never_nan(variants):
+    path = variants / "runs" / "gsta-s0" / "result.json"
+    summary = json.loads(path.read_text())
+    del summary["cost"]["flops"]
+    path.write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match=r"gsta-s0/result.json: missing field 'cost.flops'"):
+        load_experiment(str(variants))
+    del summary["cost"]
+    path.write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match=r"gsta-s0/result.json: missing field 'cost.params'"):
+        load_experiment(str(variants))
+
+
+def test_an_older_manifest_is_an_error_naming_the_missing_field(variants):
+    path = variants / "simvp_experiment.json"
+    manifest = json.loads(path.read_text())
+    del manifest["runs"]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"simvp_experiment.json: missing field 'runs' of "
+                                         "ExperimentManifest"):
+        load_experiment(str(variants))

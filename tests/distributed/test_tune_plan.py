@@ -6,9 +6,9 @@ import pytest
 from helpers import load_job
 
 from simvp_ray.config import override
-from simvp_ray.distributed.tune import build_plan, parse_space
 from simvp_ray.models import TRANSLATORS
 from simvp_ray.presets import get_preset
+from simvp_ray.sweeps import build_plan, parse_space
 
 
 def test_variants_are_every_translator_times_seeds_with_deterministic_names():

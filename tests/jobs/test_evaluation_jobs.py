@@ -155,7 +155,7 @@ def test_the_markdown_tables_show_lat_weighted_rmse_and_acc_per_variable():
 
 
 def test_a_run_folder_stands_for_its_best_checkpoint(setup, tmp_path):
-    from simvp_ray.distributed.batch_inference import fetch_checkpoint
+    from simvp_ray.train.checkpoint import fetch_checkpoint
 
     run = tmp_path / "run"
     run.mkdir()

@@ -16,8 +16,9 @@ from simvp_ray.analysis.panels import plot_forecast_panel, save_forecast_gif
 from simvp_ray.config import RunConfig, from_dict
 from simvp_ray.data import open_dataset
 from simvp_ray.data.forecasts import is_forecast_store, open_forecasts, parse_time
-from simvp_ray.distributed.batch_inference import fetch_checkpoint, open_checked
-from simvp_ray.distributed.predict import input_and_lead_steps
+from simvp_ray.data.windows import input_and_lead_steps
+from simvp_ray.plan import open_checked
+from simvp_ray.train.checkpoint import fetch_checkpoint
 from simvp_ray.train.inference import forecast_window
 
 
@@ -49,7 +50,7 @@ def forecast_store_sample(url: str, init: str | None, data: str | None) -> dict[
                              f"{store.attrs['time_step']} {store.attrs['time_unit']}")
     config = from_dict(RunConfig, forecasts.info["request"]["config"])
     source = open_dataset(data or forecasts.info["source_store"])
-    picked = [source.channels.index(name) for name in forecasts.variables]
+    picked, _ = source.select(forecasts.variables)
     step = int(np.searchsorted(source.time, store.time[index]))
     inputs, leads = input_and_lead_steps(config)
     return {
@@ -69,7 +70,7 @@ def checkpoint_sample(url: str, split: str, index: int | None, data: str | None
     config, dataset, names = open_checked(fetched, data)
     sample = forecast_window(fetched.payload, config, dataset, names, split, index)
     return {**sample, "channels": names,
-            "units": [dataset.units[dataset.channels.index(name)] for name in names],
+            "units": [dataset.units[i] for i in dataset.select(names)[0]],
             "lat": dataset.lat, "lon": dataset.lon,
             "label": f"{split} window {sample['index']}, starting "
                      f"{dataset.time[sample['start']]}, epoch {fetched.payload.epoch + 1}"}
