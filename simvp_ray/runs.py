@@ -8,7 +8,6 @@ Files go through fsspec, the library the data layer and the analysis already rea
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import tempfile
@@ -21,6 +20,8 @@ from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from simvp_ray.records import record_from_dict, record_to_dict
 
 RESULT_FILE = "result.json"  # a run's RunSummary
 MANIFEST_FILE = "simvp_experiment.json"  # an experiment's ExperimentManifest
@@ -122,52 +123,6 @@ def upload_folder(local: str | Path, storage: str, name: str) -> None:
 # Typed records with exact dict round trips
 
 
-def _from_dict(cls: type, data: Any, source: str) -> Any:
-    """`cls(**data)` when `data` has every field `cls` needs and no other; nested records by
-    the `RECORDS` of `cls`. A ValueError names the missing or unknown field and the file."""
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{source}: expected a JSON object for {cls.__name__}, got "
-                         f"{type(data).__name__}")
-    fields = dataclasses.fields(cls)
-    names = [f.name for f in fields]
-    required = [f.name for f in fields if f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING]
-    missing = [name for name in required if name not in data]
-    if missing:
-        raise ValueError(f"{source}: missing field {missing[0]!r} of {cls.__name__} (written by "
-                         f"an older or foreign version?); its fields: {', '.join(names)}")
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ValueError(f"{source}: unknown field {unknown[0]!r} of {cls.__name__}; its "
-                         f"fields: {', '.join(names)}")
-    nested = getattr(cls, "RECORDS", {})
-    kwargs = {}
-    for name, value in data.items():
-        record = nested.get(name)
-        if record is None or value is None:
-            kwargs[name] = value
-        elif isinstance(value, list):
-            kwargs[name] = [_from_dict(record, item, f"{source} {name}") for item in value]
-        else:
-            kwargs[name] = _from_dict(record, value, f"{source} {name}")
-    return cls(**kwargs)
-
-
-def _to_dict(record: Any) -> dict[str, Any]:
-    """Fields in order; optional fields left at None are left out (as the file had them)."""
-    out = {}
-    for f in dataclasses.fields(record):
-        value = getattr(record, f.name)
-        if value is None and f.default is None:
-            continue
-        if dataclasses.is_dataclass(value):
-            value = _to_dict(value)
-        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
-            value = [_to_dict(item) for item in value]
-        out[f.name] = value
-    return out
-
-
 @dataclass(frozen=True)
 class TrialSpec:
     """One planned trial of an experiment (in the manifest) or the trial a run was (in its
@@ -179,11 +134,11 @@ class TrialSpec:
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted keys on the base config
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self)
+        return record_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "trial") -> TrialSpec:
-        return _from_dict(cls, data, source)
+        return record_from_dict(cls, data, source)
 
 
 @dataclass(frozen=True)
@@ -219,11 +174,11 @@ class RunSummary:
     trial: TrialSpec | None = None  # a Tune trial: the trial it was (group: its table row)
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self)
+        return record_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = RESULT_FILE) -> RunSummary:
-        return _from_dict(cls, data, source)
+        return record_from_dict(cls, data, source)
 
     def cost_value(self, key: str, source: str = RESULT_FILE) -> Any:
         """One entry of the model cost; a ValueError when the run recorded none / not this one."""
@@ -249,12 +204,12 @@ class ExperimentManifest:
     runs: str  # the folder of the trials' runs, relative to the experiment
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self)
+        return record_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = MANIFEST_FILE
                   ) -> ExperimentManifest:
-        return _from_dict(cls, data, source)
+        return record_from_dict(cls, data, source)
 
 
 def write_result(storage: str, name: str, summary: RunSummary) -> str:

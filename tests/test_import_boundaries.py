@@ -35,7 +35,11 @@ RULES = [
     # the metric names: read by reporting and analysis, which must not pull torch
     ("simvp_ray/metric_keys.py", ("torch", "ray", "numpy", "simvp_ray.")),
     # runs and experiments on storage: read by the analysis, so no Ray and no torch either
-    ("simvp_ray/runs.py", ("ray", "torch", "pyarrow", "simvp_ray.")),
+    ("simvp_ray/runs.py", ("ray", "torch", "pyarrow", "simvp_ray.config", "simvp_ray.data",
+                           "simvp_ray.models", "simvp_ray.train", "simvp_ray.distributed",
+                           "simvp_ray.analysis")),
+    # the record checks every layer's typed contracts share: the standard library only
+    ("simvp_ray/records.py", ("torch", "ray", "numpy", "fsspec", "simvp_ray.")),
     # the experiment plans are data checked on the driver; tune.py maps them onto ray.tune
     ("simvp_ray/sweeps.py", ("ray", "simvp_ray.distributed")),
 ]

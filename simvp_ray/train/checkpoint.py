@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from simvp_ray.config import RunConfig, from_dict, to_dict
+from simvp_ray.records import check_fields
 from simvp_ray.runs import fetched_checkpoint, sha256
 
 FORMAT = "simvp_ray-checkpoint/1"
@@ -63,16 +64,8 @@ class CheckpointPayload:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise ValueError(f"{source} is not a simvp_ray checkpoint (format {found!r}, "
                              f"expected {FORMAT!r})")
-        optional = {"method"}
-        missing = [name for name in _FIELDS if name not in data and name not in optional]
-        if missing:
-            raise ValueError(f"{source}: checkpoint lacks field(s) {missing} (format {FORMAT} "
-                             f"has {', '.join(_FIELDS)})")
-        unknown = sorted(set(data) - set(_FIELDS) - {"format"})
-        if unknown:
-            raise ValueError(f"{source}: checkpoint has unknown field(s) {unknown} (format "
-                             f"{FORMAT} has {', '.join(_FIELDS)})")
-        values = {name: data[name] for name in _FIELDS if name in data}
+        values = {name: value for name, value in data.items() if name != "format"}
+        check_fields(cls, values, str(source))  # `method` may be missing: it has a default
         try:
             values["config"] = from_dict(RunConfig, json.loads(data["config"]))
         except ValueError as error:  # JSON errors are ValueErrors too

@@ -74,6 +74,7 @@ import torch
 from torch import Tensor
 
 from simvp_ray.metric_keys import SCOPE_KEYS  # the order of each scope's keys in compute()
+from simvp_ray.records import check_fields
 
 if TYPE_CHECKING:
     from simvp_ray.data.normalization import Stats
@@ -641,14 +642,9 @@ class MetricContext:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MetricContext:
-        names = [field.name for field in dataclasses.fields(cls)]
-        missing = [name for name in names if name not in data]
-        if missing:
-            raise ValueError(f"metric context: missing field(s) {missing}; fields: {names}")
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ValueError(f"metric context: unknown field(s) {unknown}; fields: {names}")
-        return cls(**{name: data[name] for name in names})
+        # every field, None ones too: the dict is this class's own to_dict, never hand-written
+        check_fields(cls, data, "metric context", optional=())
+        return cls(**data)
 
     def accumulator(self, num_frames: int, num_channels: int,
                     device: torch.device | str = "cpu") -> MetricAccumulator:

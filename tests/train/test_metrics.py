@@ -586,9 +586,9 @@ def test_metric_context_round_trips_exactly_and_names_a_missing_field():
     assert MetricContext.from_dict(data).to_dict() == data
     bare = MetricContext([0.0], [255.0], "minmax")
     assert MetricContext.from_dict(bare.to_dict()) == bare and bare.to_dict()["latitudes"] is None
-    with pytest.raises(ValueError, match=r"missing field\(s\) \['latitudes'\]"):
+    with pytest.raises(ValueError, match="missing field 'latitudes' of MetricContext"):
         MetricContext.from_dict({k: v for k, v in data.items() if k != "latitudes"})
-    with pytest.raises(ValueError, match=r"unknown field\(s\) \['mean'\]"):
+    with pytest.raises(ValueError, match="unknown field 'mean' of MetricContext"):
         MetricContext.from_dict({**data, "mean": MEAN})
     with pytest.raises(ValueError, match="one value per channel"):
         MetricContext([0.0], [1.0, 1.0], "zscore")
