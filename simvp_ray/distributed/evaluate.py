@@ -16,6 +16,7 @@ OpenSTL's weather loader does (spec/data.md 2.2), and de-normalises as its `metr
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -41,7 +42,12 @@ from simvp_ray.progress import Progress
 from simvp_ray.reporting import data_faults_raised_plain
 from simvp_ray.train.checkpoint import ModelState, fetch_checkpoint
 from simvp_ray.train.loop import speed_options
-from simvp_ray.train.metrics import MetricContext, openstl_variables, persistence_forecast
+from simvp_ray.train.metrics import (
+    MetricAccumulator,
+    MetricContext,
+    openstl_variables,
+    persistence_forecast,
+)
 from simvp_ray.train.performance import autocast
 
 FORECASTS = ("model", "persistence", "climatology")
@@ -60,31 +66,55 @@ CLIMATOLOGY_DEFINITIONS = {
 METRICS_FILE, TABLE_FILE = "metrics.json", "metrics.md"
 
 
-def window_climatology(setup: dict[str, Any], t0: np.ndarray | None, batch_size: int
-                       ) -> np.ndarray:
-    """(B, T_out, C, H, W) climatology (evaluation units) at each target frame's valid time."""
-    if setup["climatology_table"] is None:
-        static = setup["climatology"]  # (C, H, W)
-        return np.broadcast_to(static, (batch_size, setup["out_frames"], *static.shape))
-    if t0 is None:
-        raise ValueError("a day-of-year climatology needs each window's time index: the "
-                         "batches carry no t0")
-    rows = setup["climatology_rows"][t0[:, None] + setup["target_steps"][None, :]]
-    return setup["climatology_table"][rows]
+@dataclass(frozen=True, eq=False)
+class ClimatologySetup:
+    """The climatology forecast in evaluation (normalised) units: one static field, or a
+    day-of-year table looked up at each target frame's valid time."""
+
+    static: np.ndarray | None = None  # (C, H, W): the training mean
+    table: np.ndarray | None = None  # (rows, C, H, W): the day-of-year (and hour) climatology
+    rows: np.ndarray | None = None  # (steps,) the table row of each valid step of the split
+    target_steps: np.ndarray | None = None  # (T_out,) each target's step after the first's
+
+    def at(self, t0: np.ndarray | None, batch_size: int, out_frames: int) -> np.ndarray:
+        """(B, T_out, C, H, W) climatology of a batch whose windows' targets start at `t0`."""
+        if self.table is None:
+            return np.broadcast_to(self.static, (batch_size, out_frames, *self.static.shape))
+        if t0 is None:
+            raise ValueError("a day-of-year climatology needs each window's time index: the "
+                             "batches carry no t0")
+        return self.table[self.rows[t0[:, None] + self.target_steps[None, :]]]
+
+
+@dataclass(frozen=True, eq=False)
+class ScoringSetup:
+    """What every scoring actor and the driver share: the same accumulator layout of sums, the
+    protocol's re-normalisation and the climatology forecast."""
+
+    out_frames: int
+    channels: int
+    metrics: MetricContext
+    # (a, b) per channel: x * a + b takes training-normalised to period-normalised values
+    # (OpenSTL's protocol); None: the model's own normalisation
+    renorm: list[list[float]] | None
+    climatology: ClimatologySetup
+
+    def accumulator(self, device: torch.device | str = "cpu") -> MetricAccumulator:
+        return self.metrics.accumulator(self.out_frames, self.channels, device)
 
 
 class WindowScorer:
     """map_batches actor: {"x", "y"} windows -> the metric sums of each forecast, one row."""
 
-    def __init__(self, state: ModelState, setup: dict[str, Any], use_gpu: bool) -> None:
+    def __init__(self, state: ModelState, setup: ScoringSetup, use_gpu: bool) -> None:
         self.model = load_model(state, use_gpu)
         self.device = next(self.model.parameters()).device
         self.options = speed_options(state.config)
         self.setup = setup
         # OpenSTL's protocol: x -> x * a + b turns training-normalised into period-normalised
-        self.renorm = None if setup["renorm"] is None else [
+        self.renorm = None if setup.renorm is None else [
             torch.tensor(v, dtype=torch.float32, device=self.device).view(1, 1, -1, 1, 1)
-            for v in setup["renorm"]]
+            for v in setup.renorm]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # torch.tensor copies: Ray's batches are read-only views
@@ -92,18 +122,17 @@ class WindowScorer:
         y = torch.tensor(batch["y"], dtype=torch.float32, device=self.device)
         if self.renorm is not None:
             x, y = x * self.renorm[0] + self.renorm[1], y * self.renorm[0] + self.renorm[1]
-        out_frames = self.setup["out_frames"]
+        out_frames = self.setup.out_frames
         with torch.no_grad():
             with autocast(self.options, self.device):  # as the training loop's evaluate()
                 pred = self.model(x)
-        clim = torch.tensor(window_climatology(self.setup, batch.get("t0"), len(x)),
+        clim = torch.tensor(self.setup.climatology.at(batch.get("t0"), len(x), out_frames),
                             dtype=torch.float32, device=self.device)
         forecasts = {"model": pred.float(), "persistence": persistence_forecast(x, out_frames),
                      "climatology": clim}
         row = {"windows": np.array([len(x)])}
         for name, forecast in forecasts.items():
-            accumulator = self.setup["metrics"].accumulator(out_frames, self.setup["channels"],
-                                                            self.device)
+            accumulator = self.setup.accumulator(self.device)
             accumulator.update(forecast, y, climatology=clim)
             row[name] = accumulator.state().cpu().numpy()[None]  # (1, S) float64 sums
         return row
@@ -139,19 +168,18 @@ def renormalization(stored: Stats, wanted: Stats) -> list[list[float]] | None:
 
 
 def climatology_setup(dataset, names: list[str], split: str, kind: str, inputs: Stats,
-                      target_steps: np.ndarray) -> dict[str, Any]:
-    """The climatology entries of the actors' setup, in evaluation (normalised) units."""
+                      target_steps: np.ndarray) -> ClimatologySetup:
+    """The climatology forecast of `kind` for the split's windows, in evaluation units."""
     if kind == "train_mean":
-        clim = normalize(train_climatology(dataset, names).astype(np.float32), inputs)
-        return {"climatology": clim, "climatology_table": None, "climatology_rows": None}
+        return ClimatologySetup(
+            static=normalize(train_climatology(dataset, names).astype(np.float32), inputs))
     clim = day_of_year_climatology(dataset, names)
     table = clim.table.reshape(-1, *clim.table.shape[2:]).astype(np.float32)
     start, stop = dataset.split_range(split)
     rows = np.zeros(dataset.n_steps, np.int64)  # only valid steps of the split are looked up
     valid = start + np.flatnonzero(dataset.valid[start:stop])
     rows[valid] = clim.rows(dataset.time[valid])
-    return {"climatology": None, "climatology_table": normalize(table, inputs),
-            "climatology_rows": rows, "target_steps": target_steps}
+    return ClimatologySetup(table=normalize(table, inputs), rows=rows, target_steps=target_steps)
 
 
 def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = None,
@@ -179,13 +207,12 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
     offsets = window_offsets(config.model.in_frames, config.model.out_frames,
                              config.data.frame_step, config.data.frame_offsets or None)
     target = offsets[config.model.in_frames:]
-    setup = {
-        "out_frames": config.model.out_frames, "channels": config.model.channels,
-        # every actor and the driver build the same accumulator (same layout of sums)
-        "metrics": MetricContext.from_dataset(dataset, names).with_stats(denorm),
-        "renorm": renormalization(train, inputs),
-        **climatology_setup(dataset, names, split, clim_kind, inputs, target - target[0]),
-    }
+    setup = ScoringSetup(
+        config.model.out_frames, config.model.channels,
+        MetricContext.from_dataset(dataset, names).with_stats(denorm),
+        renorm=renormalization(train, inputs),
+        climatology=climatology_setup(dataset, names, split, clim_kind, inputs,
+                                      target - target[0]))
     scored = windows.map_batches(
         WindowScorer, fn_constructor_kwargs={"state": model_state(fetched.payload), "setup": setup,
                                              "use_gpu": use_gpu},
@@ -213,7 +240,7 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
     if protocol == "openstl":
         results["period_stats"] = {"mean": inputs.offset.tolist(), "std": inputs.scale.tolist()}
     for name in FORECASTS:
-        accumulator = setup["metrics"].accumulator(setup["out_frames"], setup["channels"])
+        accumulator = setup.accumulator()
         accumulator.load_state(torch.from_numpy(totals[name]))
         results[name] = accumulator.compute()
     if cost:

@@ -28,7 +28,7 @@ from simvp_ray.data import open_dataset
 from simvp_ray.data.ray_data import check_windows, plan_data
 from simvp_ray.data.synthetic import ensure_synthetic_store
 from simvp_ray.distributed.cluster import check_resources, ensure_ray, quiet_ray_data
-from simvp_ray.distributed.worker import STOPPED, train_worker
+from simvp_ray.distributed.worker import STOPPED, WorkerPlan, train_worker
 from simvp_ray.metric_keys import SUMMARY_KEYS
 from simvp_ray.plan import check_frames, check_plan, check_resume_config, store_fingerprint
 from simvp_ray.runs import (
@@ -83,16 +83,12 @@ def build_trainer(config: RunConfig, *, storage: str, name: str,
     data_plan = plan_data(config.data, config.model)
     print(f"data: {data_plan['mode']} ({data_plan['why']})", flush=True)
     dataset = open_dataset(config.data.url)
-    loop_config = {
-        "config": to_dict(config),
-        "data_plan": data_plan,  # holds the resident splits' object refs: alive while we are
-        "metrics": MetricContext.from_dataset(dataset, config.data.channels).to_dict(),
-        "fit_id": uuid.uuid4().hex,  # tells a Ray restart within this fit from a --resume
-        "store": store_fingerprint(dataset),
-    }
+    plan = WorkerPlan(config, data_plan,  # holds the resident splits' refs: alive while we are
+                      MetricContext.from_dataset(dataset, config.data.channels),
+                      fit_id=uuid.uuid4().hex, store=store_fingerprint(dataset))
     return TorchTrainer(
         train_worker,
-        train_loop_config=loop_config,
+        train_loop_config=plan.to_dict(),
         scaling_config=scaling_config(config),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_root(storage),

@@ -20,9 +20,10 @@ import torch.distributed as dist
 from ray.train.v2._internal.execution import context as train_context
 from ray.train.v2._internal.execution import storage as train_storage
 
-from simvp_ray.config import RunConfig, from_dict
+from simvp_ray.config import RunConfig, from_dict, to_dict
 from simvp_ray.data.ray_data import WindowFeed
 from simvp_ray.plan import per_worker_batch_size
+from simvp_ray.records import check_fields
 from simvp_ray.reporting import data_fault, one_line
 from simvp_ray.train.checkpoint import (
     CheckpointPayload,
@@ -34,6 +35,28 @@ from simvp_ray.train.loop import NonFiniteLossError, Runtime, run_training
 from simvp_ray.train.metrics import MetricContext
 
 STOPPED = "stopped"  # key of the return value when training stopped on a non-finite loss
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What the driver (`trainer.build_trainer`) hands every training worker. Ray Train passes
+    it as `train_loop_config`, a dict: `to_dict` / `from_dict` round-trip exactly."""
+
+    config: RunConfig
+    data_plan: dict[str, Any]  # ray_data.plan_data's: the mode, and the resident splits' refs
+    metrics: MetricContext
+    fit_id: str  # tells a Ray restart within this fit from a --resume
+    store: dict[str, Any]  # plan.store_fingerprint of the training store
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": to_dict(self.config), "data_plan": self.data_plan,
+                "metrics": self.metrics.to_dict(), "fit_id": self.fit_id, "store": self.store}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkerPlan:
+        check_fields(cls, data, "train_loop_config")
+        return cls(from_dict(RunConfig, data["config"]), data["data_plan"],
+                   MetricContext.from_dict(data["metrics"]), data["fit_id"], data["store"])
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> None:
@@ -88,13 +111,14 @@ def quiet_train_logs() -> None:
 
 def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     """`train_loop_per_worker` of the TorchTrainer; `loop_config` comes from `trainer.py`."""
-    config = from_dict(RunConfig, loop_config["config"])
+    plan = WorkerPlan.from_dict(loop_config)
+    config = plan.config
     quiet_train_logs()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     batch = per_worker_batch_size(config.data.batch_size, world)
     # the driver chose the data mode (and loaded the resident splits): every worker follows it
-    feeds = {split: WindowFeed(loop_config["data_plan"], split, config.data, config.model,
+    feeds = {split: WindowFeed(plan.data_plan, split, config.data, config.model,
                                rank, world, config.train.seed) for split in ("train", "val")}
     # each worker takes num_train // world windows an epoch
     steps_per_epoch = (feeds["train"].num_windows // world) // batch
@@ -103,9 +127,9 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     device = ray.train.torch.get_device()
     print(f"worker rank {rank}/{world} on node {ray.get_runtime_context().get_node_id()}, "
           f"device {device}, {torch.get_num_threads()} threads, per-worker batch {batch}, "
-          f"{loop_config['data_plan']['mode']} data", flush=True)
+          f"{plan.data_plan['mode']} data", flush=True)
     resume = _resume_point()
-    attempts = new_attempt(resume, loop_config["fit_id"], world)
+    attempts = new_attempt(resume, plan.fit_id, world)
     if resume is not None and rank == 0:
         print(f"resumed from epoch {attempts[-1]['start_epoch']} (checkpoint {resume.path}):"
               f" attempt {len(attempts)}, {attempts[-1]['reason']}, world size {world}",
@@ -119,7 +143,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
 
     def report(metrics: dict[str, float], folder: Path | None) -> None:
         if folder is not None:  # the run record travels with every checkpoint
-            save_run_record(folder, attempts, loop_config["store"])
+            save_run_record(folder, attempts, plan.store)
         checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
         # Ray keeps the headline numbers; every metric is in the checkpoint's history.json
         metrics = {key: value for key, value in metrics.items() if key.count("/") <= 1}
@@ -130,7 +154,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
         runtime = Runtime(
             train_batches=train_batches, val_batches=val_batches,
             steps_per_epoch=steps_per_epoch, checkpoint_dir=Path(checkpoint_dir),
-            report=report, device=device, metrics=MetricContext.from_dict(loop_config["metrics"]),
+            report=report, device=device, metrics=plan.metrics,
             rank=rank,
             world_size=world,
             wrap_model=lambda model: ray.train.torch.prepare_model(model, move_to_device=False),

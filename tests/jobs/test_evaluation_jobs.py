@@ -170,9 +170,9 @@ def test_openstl_protocol_statistics_and_per_window_climatology(setup):
     from simvp_ray.data import open_dataset
     from simvp_ray.data.climatology import split_stats
     from simvp_ray.distributed.evaluate import (
+        ClimatologySetup,
         protocol_stats,
         renormalization,
-        window_climatology,
     )
 
     dataset = open_dataset(setup["store"])
@@ -192,9 +192,9 @@ def test_openstl_protocol_statistics_and_per_window_climatology(setup):
     assert split_stats(dataset, "test", names[:1]).offset.shape == (1,)
     # per-window lookup: row of each target frame's step, t0 = first target step
     table = np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1) * np.ones((5, 2, 3, 4))
-    lookup = {"climatology_table": table, "climatology_rows": np.array([4, 3, 2, 1, 0, 0, 0]),
-              "target_steps": np.array([0, 2]), "out_frames": 2}
-    got = window_climatology(lookup, np.array([0, 2]), 2)
+    lookup = ClimatologySetup(table=table, rows=np.array([4, 3, 2, 1, 0, 0, 0]),
+                              target_steps=np.array([0, 2]))
+    got = lookup.at(np.array([0, 2]), 2, 2)
     assert got.shape == (2, 2, 2, 3, 4) and got[:, :, 0, 0, 0].tolist() == [[4, 2], [2, 0]]
     with pytest.raises(ValueError, match="carry no t0"):
-        window_climatology(lookup, None, 2)
+        lookup.at(None, 2, 2)
