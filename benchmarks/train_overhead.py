@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.time()
         result = launch_run(config, storage=str(Path(folder) / "runs"), name="overhead")
         ray_wall = time.time() - start
-    ray_rows = result["history"]
+    ray_rows = result.history
     rows = []
     for key, label in (("train/epoch_time_s", "training part"),
                        ("epoch_time_s", "epoch incl. validation")):

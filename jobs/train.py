@@ -46,8 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         config = override(get_preset(args.preset), args.set)
         config = override(config, {**args.num_workers, **({"scaling.use_gpu": True}
                                                           if args.gpu else {})})
-        summary = launch_run(config, storage=args.storage, name=args.name,
-                                 resume=args.resume)
+        summary = launch_run(config, storage=args.storage, name=args.name, resume=args.resume)
     except ValueError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2

@@ -1,34 +1,32 @@
-"""Human-readable summaries of a finished run (reads the result.json dict only)."""
+"""Human-readable summaries of a finished run (its `RunSummary`) and one-line errors."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
 
 from simvp_ray.data.schema import CorruptChunkError
 from simvp_ray.metric_keys import TABLE_COLUMNS
+from simvp_ray.runs import RunSummary
 
 METRICS = TABLE_COLUMNS  # the summary table's columns
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    final = summary["final"]
+def format_summary(summary: RunSummary) -> str:
+    final = summary.final
     rows = ["| validation | " + " | ".join(METRICS) + " |",
             "|---|" + "---:|" * len(METRICS)]
-    for label, key in (("model", "model"), ("persistence", "persistence")):
-        values = final[key]
+    for label, values in (("model", final.model), ("persistence", final.persistence)):
         rows.append(f"| {label} | " + " | ".join(f"{values[m]:.4f}" for m in METRICS) + " |")
-    verdict = ("beats" if final["model"]["mse"] < final["persistence"]["mse"]
-               else "does NOT beat")
+    verdict = "beats" if final.model["mse"] < final.persistence["mse"] else "does NOT beat"
     return "\n".join([
-        f"run {summary['name']}: {summary['epochs_run']} epochs in "
-        f"{summary['wall_time_s']:.0f} s, {summary['train_samples_per_s']:.1f} samples/s",
+        f"run {summary.name}: {summary.epochs_run} epochs in "
+        f"{summary.wall_time_s:.0f} s, {summary.train_samples_per_s:.1f} samples/s",
         *rows,
-        f"the model {verdict} persistence (val MSE {final['model']['mse']:.4f} vs "
-        f"{final['persistence']['mse']:.4f}, normalised units)",
-        f"best checkpoint:  {summary['best_checkpoint']}",
-        f"run folder:       {summary['run_url']}  (result.json, checkpoints)",
+        f"the model {verdict} persistence (val MSE {final.model['mse']:.4f} vs "
+        f"{final.persistence['mse']:.4f}, normalised units)",
+        f"best checkpoint:  {summary.best_checkpoint}",
+        f"run folder:       {summary.run_url}  (result.json, checkpoints)",
     ])
 
 

@@ -103,9 +103,9 @@ def build_trainer(config: RunConfig, *, storage: str, name: str,
 
 
 def launch_run(config: RunConfig, *, storage: str = "runs",
-                   name: str | None = None, resume: bool = False) -> dict[str, Any]:
-    """Train `config` on Ray; returns the content of `<storage>/<name>/result.json` (the
-    `RunSummary` as its dict)."""
+               name: str | None = None, resume: bool = False) -> RunSummary:
+    """Train `config` on Ray; returns the `RunSummary` it wrote to
+    `<storage>/<name>/result.json`."""
     start = time.time()
     name = name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_resume("run", name, storage, run_exists(storage, name), resume)
@@ -129,7 +129,7 @@ def launch_run(config: RunConfig, *, storage: str = "runs",
     summary = replace(summary, artifacts=publish_artifacts(result, config, storage, name,
                                                            summary.history))
     write_result(storage, name, summary)
-    return summary.to_dict()
+    return summary
 
 
 def publish_artifacts(result: ray.train.Result, config: RunConfig, storage: str,
