@@ -85,10 +85,12 @@ def _resume_point() -> ResumePoint | None:
                            checkpoint.path)
 
 
-def new_attempt(resume: ResumePoint | None, fit_id: str, world: int) -> list[dict[str, Any]]:
+def new_attempt(resume: ResumePoint | None, fit_id: str, world: int,
+                data_mode: str) -> list[dict[str, Any]]:
     """The attempts so far plus this one. A checkpoint written under the same `fit_id` means
     Ray restarted the worker group within one fit (a lost worker or node); another fit's
-    means the driver was started again with --resume."""
+    means the driver was started again with --resume. `data_mode` is the data path the driver
+    chose for this attempt (resident or streaming: `data.mode=auto` decides per start)."""
     attempts = list(resume.attempts) if resume else []
     if resume is None:
         reason = "first start"
@@ -98,7 +100,7 @@ def new_attempt(resume: ResumePoint | None, fit_id: str, world: int) -> list[dic
         reason = "run resumed by the driver (--resume)"
     attempts.append({"attempt": len(attempts) + 1, "start_epoch": resume.payload.epoch + 1
                      if resume else 0, "world_size": world, "reason": reason, "fit": fit_id,
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                     "data_mode": data_mode, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return attempts
 
 
@@ -129,7 +131,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
           f"device {device}, {torch.get_num_threads()} threads, per-worker batch {batch}, "
           f"{plan.data_plan['mode']} data", flush=True)
     resume = _resume_point()
-    attempts = new_attempt(resume, plan.fit_id, world)
+    attempts = new_attempt(resume, plan.fit_id, world, plan.data_plan["mode"])
     if resume is not None and rank == 0:
         print(f"resumed from epoch {attempts[-1]['start_epoch']} (checkpoint {resume.path}):"
               f" attempt {len(attempts)}, {attempts[-1]['reason']}, world size {world}",

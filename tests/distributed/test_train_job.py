@@ -71,6 +71,8 @@ def test_ray_path_equals_plain_pytorch_loop(local_ray, small_store, tmp_path, mo
     job_args = ["--set", *settings, "--storage", str(tmp_path), "--name", "ordered"]
     assert load_job("train").main(job_args) == 0
     ray_result = json.loads((tmp_path / "ordered" / "result.json").read_text())
+    # the run records the data path it took
+    assert [attempt["data_mode"] for attempt in ray_result["attempts"]] == [mode]
 
     config = override(get_preset("demo"), settings)
     model, data = config.model, config.data
