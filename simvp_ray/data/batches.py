@@ -14,6 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -234,26 +235,25 @@ def prefetched(batches: Iterator[Batch], depth: int = 2) -> Iterator[Batch]:
     slots: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(item: Any) -> bool:
+        """Queue `item`, waiting for a free slot; False once the consumer has stopped."""
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for batch in batches:
-                while not stop.is_set():
-                    try:
-                        slots.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(batch):
                     return
             item = done
         except BaseException as error:  # noqa: BLE001 - re-raised in the consumer
             item = error
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        put(item)
 
     thread = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
     thread.start()

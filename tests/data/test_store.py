@@ -241,3 +241,39 @@ def test_bad_requests(small_store):
 def test_iterating_a_split_without_windows_is_an_error(small_store):
     with pytest.raises(ValueError, match="split 'val' .* has no valid window of 60 frames"):
         next(iter_numpy_batches(small_store, "val", 30, 30, 4))
+
+
+def test_prefetched_keeps_order_reraises_and_stops_when_the_consumer_does():
+    import threading
+
+    from simvp_ray.data.batches import prefetched
+    from simvp_ray.data.schema import DatasetError
+
+    batches = [{"x": np.full(2, i)} for i in range(7)]
+    assert [b["x"][0] for b in prefetched(iter(batches), depth=2)] == list(range(7))
+
+    def failing():
+        yield batches[0]
+        raise DatasetError("chunk 3 is unreadable")
+
+    got = prefetched(failing())
+    assert next(got)["x"][0] == 0
+    with pytest.raises(DatasetError, match="chunk 3"):
+        next(got)
+
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(len(produced))
+            yield {"x": np.zeros(1)}
+
+    stream = prefetched(endless(), depth=2)
+    next(stream)
+    stream.close()  # a fixed number of steps taken: the producer must end, not run on
+    for _ in range(50):
+        if not any(t.name == "batch-prefetch" and t.is_alive() for t in threading.enumerate()):
+            break
+        threading.Event().wait(0.05)
+    assert not any(t.name == "batch-prefetch" and t.is_alive() for t in threading.enumerate())
+    assert len(produced) <= 5  # the one taken, `depth` queued, one waiting for a slot
