@@ -18,12 +18,11 @@ import torch
 
 from simvp_ray.config import RunConfig, flatten, from_dict, override
 from simvp_ray.data import open_dataset
-from simvp_ray.data.batches import channel_indices
 from simvp_ray.data.schema import DatasetError
 from simvp_ray.data.store import Dataset
 from simvp_ray.data.windows import window_offsets, window_starts
 from simvp_ray.models import build_model
-from simvp_ray.runs import checkpoint_folders, storage_filesystem
+from simvp_ray.runs import checkpoint_folders, read_json
 from simvp_ray.train.checkpoint import CONFIG_FILE, STORE_FILE, FetchedCheckpoint
 from simvp_ray.train.losses import build_loss
 from simvp_ray.train.methods import check_method
@@ -95,11 +94,8 @@ def check_frames(config: RunConfig, dataset: Dataset, origin: str = "run") -> li
     """The channel names the model reads from `dataset`; a ValueError when a channel is
     missing or the (channels, height, width) of its frames differ from the model's. `origin`:
     "run" (a config about to train) or "checkpoint" (a trained model)."""
+    dataset.select(config.data.channels)  # every named channel is in the store
     names = list(config.data.channels) or dataset.channels
-    unknown = [name for name in names if name not in dataset.channels]
-    if unknown:
-        raise ValueError(f"the {origin} reads channels {unknown} that the store {dataset.url} "
-                         f"lacks; valid: {dataset.channels}")
     model = config.model
     found = (len(names), *dataset.frames.shape[2:])
     expected = (model.channels, model.height, model.width)
@@ -134,17 +130,17 @@ def check_resume_config(storage: str, name: str, config: RunConfig,
     folders = checkpoint_folders(storage, name)
     if not folders:
         return  # stopped before its first checkpoint: Ray starts it from scratch
-    fs, _ = storage_filesystem(storage)
-    with fs.open(f"{folders[-1]}/{CONFIG_FILE}", "rb") as stream:
-        saved = from_dict(RunConfig, json.loads(stream.read()))
+    saved = read_json(f"{folders[-1]}/{CONFIG_FILE}")
+    if saved is None:
+        raise ValueError(f"cannot resume {name!r}: its latest checkpoint {folders[-1]} has no "
+                         f"{CONFIG_FILE}")
+    saved = from_dict(RunConfig, saved)
     if saved.model != config.model:
         raise ValueError(f"cannot resume {name!r}: its checkpoints hold a different model "
                          f"({saved.model}) than this run's ({config.model})")
-    store_file = f"{folders[-1]}/{STORE_FILE}"
-    if fingerprint is None or not fs.isfile(store_file):
+    trained_on = read_json(f"{folders[-1]}/{STORE_FILE}")
+    if fingerprint is None or trained_on is None:
         return
-    with fs.open(store_file, "rb") as stream:
-        trained_on = json.loads(stream.read())
     now = json.loads(json.dumps(fingerprint))  # the same JSON types as the stored one
     changed = [key for key in sorted(set(trained_on) | set(now))
                if trained_on.get(key) != now.get(key)]
@@ -189,7 +185,7 @@ def check_plan(config: RunConfig, dataset: Dataset | None = None) -> Plan:
         model = build_model(config.model)
     build_loss(config.train.loss, config.train.tau_alpha)
     dataset = dataset or open_dataset(config.data.url)
-    channel_indices(dataset, list(config.data.channels) or None)
+    dataset.select(config.data.channels)  # every named channel is in the store
     offsets = list(config.data.frame_offsets) or None
     steps = window_offsets(config.model.in_frames, config.model.out_frames,
                            config.data.frame_step, offsets)

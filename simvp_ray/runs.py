@@ -84,14 +84,15 @@ def check_storage_writable(storage: str) -> None:
 
 
 def checkpoint_folders(storage: str, name: str) -> list[str]:
-    """The run's checkpoint folders (paths on its filesystem), oldest first."""
+    """The URLs (local paths for a local storage) of the run's checkpoint folders, oldest
+    first."""
     fs, root = storage_filesystem(storage)
     if not fs.isdir(f"{root}/{name}"):
         return []
-    return sorted(info["name"].rstrip("/") for info in fs.ls(f"{root}/{name}", detail=True)
-                  if info["type"] == "directory"
-                  and info["name"].rstrip("/").rsplit("/", 1)[-1].startswith(
-                      CHECKPOINT_FOLDER_PREFIX))
+    paths = sorted(info["name"].rstrip("/") for info in fs.ls(f"{root}/{name}", detail=True)
+                   if info["type"] == "directory")
+    return [storage_url(storage, path) for path in paths
+            if path.rsplit("/", 1)[-1].startswith(CHECKPOINT_FOLDER_PREFIX)]
 
 
 def read_json(url: str) -> Any | None:
@@ -104,7 +105,9 @@ def read_json(url: str) -> Any | None:
 
 
 def write_json(url: str, data: Any) -> None:
+    """`data` as indented JSON at a local path or URL, its folder made when missing."""
     fs, path = storage_filesystem(url)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(path, "wb") as stream:
         stream.write(json.dumps(data, indent=2).encode())
 
@@ -214,11 +217,9 @@ class ExperimentManifest:
 
 def write_result(storage: str, name: str, summary: RunSummary) -> str:
     """`<storage>/<name>/result.json`; returns its URL (its path for a local folder)."""
-    fs, root = storage_filesystem(storage)
-    path = f"{root}/{name}/{RESULT_FILE}"
-    with fs.open(path, "wb") as stream:
-        stream.write(json.dumps(summary.to_dict(), indent=2).encode())
-    return storage_url(storage, path) if "://" in storage else path
+    url = f"{storage_root(storage)}/{name}/{RESULT_FILE}"
+    write_json(url, summary.to_dict())
+    return url
 
 
 def read_result(storage: str, name: str) -> RunSummary | None:
@@ -229,10 +230,7 @@ def read_result(storage: str, name: str) -> RunSummary | None:
 
 
 def write_manifest(url: str, manifest: ExperimentManifest) -> None:
-    fs, root = storage_filesystem(url)
-    fs.makedirs(root, exist_ok=True)
-    with fs.open(f"{root}/{MANIFEST_FILE}", "wb") as stream:
-        stream.write(json.dumps(manifest.to_dict(), indent=2).encode())
+    write_json(f"{url.rstrip('/')}/{MANIFEST_FILE}", manifest.to_dict())
 
 
 def experiment_exists(url: str) -> bool:
@@ -269,11 +267,10 @@ def sha256(path: str | Path) -> str:
 def resolve_run(url: str, checkpoint_file: str) -> str:
     """A training run folder (holding result.json) stands for its best checkpoint."""
     fs, path = storage_filesystem(url)
-    result = f"{path.rstrip('/')}/{RESULT_FILE}"
-    if not fs.exists(f"{path.rstrip('/')}/{checkpoint_file}") and fs.isfile(result):
-        with fs.open(result, "rb") as stream:
-            return json.loads(stream.read())["best_checkpoint"]
-    return url
+    if fs.exists(f"{path.rstrip('/')}/{checkpoint_file}"):
+        return url
+    summary = read_json(f"{url.rstrip('/')}/{RESULT_FILE}")
+    return url if summary is None else summary["best_checkpoint"]
 
 
 @contextmanager

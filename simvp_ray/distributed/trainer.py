@@ -43,7 +43,12 @@ from simvp_ray.runs import (
     with_end_epochs,
     write_result,
 )
-from simvp_ray.train.checkpoint import CheckpointPayload, load_checkpoint, load_run_record
+from simvp_ray.train.checkpoint import (
+    HISTORY_FILE,
+    CheckpointPayload,
+    load_checkpoint,
+    load_run_record,
+)
 from simvp_ray.train.inference import forecast_window
 from simvp_ray.train.methods import check_method
 from simvp_ray.train.metrics import MetricContext
@@ -162,7 +167,7 @@ def save_validation_panel(payload: CheckpointPayload, config: RunConfig,
 
 def read_history(checkpoint: ray.train.Checkpoint) -> list[dict[str, float]]:
     with checkpoint.as_directory() as folder:
-        return json.loads((Path(folder) / "history.json").read_text())
+        return json.loads((Path(folder) / HISTORY_FILE).read_text())
 
 
 class TrainingStopped(RuntimeError):
