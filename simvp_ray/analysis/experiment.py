@@ -34,7 +34,13 @@ from simvp_ray.metric_keys import (  # noqa: E402
     WEATHER_TABLE_COLUMNS,
     lower_is_better,
 )
-from simvp_ray.runs import MANIFEST_FILE, RESULT_FILE, ExperimentManifest, RunSummary  # noqa: E402
+from simvp_ray.runs import (  # noqa: E402
+    MANIFEST_FILE,
+    RESULT_FILE,
+    ExperimentManifest,
+    RunSummary,
+    storage_filesystem,
+)
 
 FINISHED, STOPPED, FAILED, UNFINISHED = "finished", "stopped early", "failed", "unfinished"
 
@@ -68,11 +74,6 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its error lines
 ROW_LABEL = {"variants": "translator", "epoch-scaling": "budget", "search": "trial"}
 
 
-def _open(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, root = fsspec.core.url_to_fs(url)
-    return fs, root.rstrip("/")
-
-
 def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
     with fs.open(path, "r") as handle:
         return json.load(handle)
@@ -81,7 +82,7 @@ def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
 def read_manifest(url: str) -> ExperimentManifest:
     """The experiment's own manifest; a clear error for a folder that is not an experiment of
     jobs/tune.py, or a manifest of another version (the missing field named)."""
-    fs, root = _open(url)
+    fs, root = storage_filesystem(url)
     if not fs.isdir(root):
         raise ValueError(f"{url} is not a folder: give the experiment folder jobs/tune.py "
                          "printed (e.g. runs/variants-demo or s3://bucket/tune/variants-demo)")
@@ -148,7 +149,7 @@ def load_history(url: str) -> pd.DataFrame:
 def load_trials(url: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both tables at once: (one row per trial, one row per trial epoch)."""
     manifest = read_manifest(url)
-    fs, root = _open(url)
+    fs, root = storage_filesystem(url)
     statuses = tune_trials(fs, root)
     planned = {t.name: t.to_dict() for t in manifest.trials}
     names = list(planned) + sorted(set(statuses) - set(planned))

@@ -15,11 +15,9 @@ OpenSTL's weather loader does (spec/data.md 2.2), and de-normalises as its `metr
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import numpy as np
 import torch
 
@@ -40,6 +38,7 @@ from simvp_ray.distributed.cost import measure_cost
 from simvp_ray.plan import open_checked
 from simvp_ray.progress import Progress
 from simvp_ray.reporting import data_faults_raised_plain
+from simvp_ray.runs import storage_filesystem, write_json
 from simvp_ray.train.checkpoint import ModelState, fetch_checkpoint
 from simvp_ray.train.loop import speed_options
 from simvp_ray.train.metrics import (
@@ -253,12 +252,10 @@ def run_evaluation(checkpoint: str, *, split: str = "test", data: str | None = N
 
 def write_evaluation(results: dict[str, Any], out: str) -> dict[str, str]:
     """metrics.json and metrics.md (the Markdown tables) into a local folder or URL."""
-    fs, root = fsspec.core.url_to_fs(out)
-    fs.makedirs(root, exist_ok=True)
     prefix = out.rstrip("/") + "/"
     files = {"metrics": prefix + METRICS_FILE, "table": prefix + TABLE_FILE}
-    with fs.open(f"{root.rstrip('/')}/{METRICS_FILE}", "w") as stream:
-        json.dump(results, stream, indent=2)
-    with fs.open(f"{root.rstrip('/')}/{TABLE_FILE}", "w") as stream:
+    write_json(files["metrics"], results)
+    fs, path = storage_filesystem(files["table"])
+    with fs.open(path, "w") as stream:
         stream.write(format_evaluation(results) + "\n")
     return files
