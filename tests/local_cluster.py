@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -57,7 +58,6 @@ class LocalCluster:
         return done.stdout + done.stderr
 
     def start_head(self, num_cpus: int = 2) -> None:
-        before = raylet_pids()
         self.ray("start", "--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1",
                  f"--num-cpus={num_cpus}", "--dashboard-host=127.0.0.1",
                  f"--dashboard-port={self.dashboard_port}", "--object-store-memory=200000000",
@@ -65,26 +65,43 @@ class LocalCluster:
                  # e.g. the tests' own ray.init: without its agent the head takes no jobs
                  f"--dashboard-agent-listen-port={free_port()}",
                  f"--temp-dir={self.temp_dir}", "--disable-usage-stats")
-        self.head_raylets = raylet_pids() - before
+        self.head_raylets = self.raylet_pids()
 
     def add_worker_node(self, num_cpus: int = 2) -> None:
-        before = raylet_pids()
         self.ray("start", f"--address={self.address}", "--node-ip-address=127.0.0.1",
                  f"--num-cpus={num_cpus}", "--object-store-memory=200000000",
                  f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats")
-        self.worker_raylets = raylet_pids() - before
+        self.worker_raylets = self.raylet_pids() - self.head_raylets
+
+    def ours(self, cmdline: str) -> bool:
+        """Whether a command line belongs to this cluster: it names our temp dir or our GCS
+        port (every raylet, agent and log monitor of our nodes is started with
+        `--gcs-address=<ip>:<our port>`, where `ray start` may have turned 127.0.0.1 into this
+        machine's outward address). Another suite's Ray here has its own port and dir."""
+        return self.temp_dir in cmdline or bool(
+            re.search(rf"--gcs[-_]address=\S*:{self.gcs_port}(\s|$)", cmdline))
+
+    def raylet_pids(self) -> set[int]:
+        """The raylets of this cluster only: never every raylet on the machine."""
+        pids = set()
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmdline = proc.info["cmdline"] or []
+            if cmdline and cmdline[0].endswith("/raylet") and self.ours(" ".join(cmdline)):
+                pids.add(proc.pid)
+        return pids
 
     def kill_worker_node(self) -> None:
+        assert self.worker_raylets, "no raylet of this cluster's worker node was found"
         for pid in self.worker_raylets:
             os.kill(pid, signal.SIGKILL)
 
     def processes(self) -> list[psutil.Process]:
-        """Every process of this cluster: its command line names our temp dir, or it descends
-        from one that does (the worker node's raylet, workers, agents)."""
+        """Every process of this cluster: its command line names our temp dir or GCS port, or
+        it descends from one that does (workers, agents)."""
         found = {}
         for proc in psutil.process_iter(["pid", "cmdline"]):
             cmdline = " ".join(proc.info["cmdline"] or [])
-            if self.temp_dir in cmdline or proc.pid in self.head_raylets | self.worker_raylets:
+            if self.ours(cmdline) or proc.pid in self.head_raylets | self.worker_raylets:
                 found[proc.pid] = proc
                 for child in _children(proc):
                     found[child.pid] = child
@@ -123,15 +140,6 @@ def _signal(proc: psutil.Process, sig: int) -> None:
         proc.send_signal(sig)
     except psutil.Error:
         pass
-
-
-def raylet_pids() -> set[int]:
-    pids = set()
-    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if cmdline and cmdline[0].endswith("/raylet"):
-            pids.add(proc.pid)
-    return pids
 
 
 def short_temp_dir() -> str:

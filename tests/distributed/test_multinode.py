@@ -33,6 +33,17 @@ def cluster():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def test_cluster_claims_only_its_own_processes(cluster):
+    """What the node-loss test kills is found by this cluster's GCS port or temp dir, never
+    by name: one raylet per node, and another Ray's command lines are not ours."""
+    assert len(cluster.head_raylets) == 1 and len(cluster.worker_raylets) == 1
+    ours = " ".join(psutil.Process(next(iter(cluster.worker_raylets))).cmdline())
+    assert cluster.ours(ours)
+    other_port = cluster.gcs_port + 1 if cluster.gcs_port < 65535 else cluster.gcs_port - 1
+    foreign = ours.replace(f":{cluster.gcs_port}", f":{other_port}")
+    assert not cluster.ours(foreign.replace(cluster.temp_dir, "/tmp/ray"))
+
+
 def submit(cluster: LocalCluster, *args: str) -> str:
     output = cluster.ray("job", "submit", "--address", cluster.dashboard, "--working-dir",
                          str(REPO_ROOT), "--no-wait", "--", "python", "jobs/train.py", *args)
